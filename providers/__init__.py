@@ -1,0 +1,1 @@
+"""Data access for geoharbor: PostGIS, GeoPackage and WFS behind one query model."""

@@ -1,0 +1,193 @@
+"""The one query model and provider interface that every front door shares.
+
+OGC API items and tiles, MapFish and REST CRUD each parse their own parameters into
+a :class:`Query` and call the same :class:`FeatureProvider` methods, so there is one
+place per backend that turns a query into SQL and one write path per backend.
+
+Providers return features already encoded as GeoJSON bytes (PostGIS builds them
+in SQL) so that a page of features is never rebuilt as Python dicts on the way out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from providers.crs import CRS, CRS84
+
+CountMode = Literal["exact", "estimate", "auto", "none"]
+GeometryEncoding = Literal["geojson", "wkt", "wkb", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One attribute of a collection, typed the way JSON Schema (queryables) says it."""
+
+    name: str
+    type: str  # JSON Schema type: string, integer, number, boolean
+    format: str | None = None  # date, date-time, uuid
+    nullable: bool = True
+    # The backend's own type name, for diagnostics and for writes that must cast.
+    native_type: str = ""
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": self.type, "title": self.name}
+        if self.format:
+            schema["format"] = self.format
+        return schema
+
+
+@dataclass(slots=True)
+class CollectionSchema:
+    """What a collection is made of, read from the source itself."""
+
+    id_field: str
+    geometry_field: str | None
+    geometry_type: str | None  # POINT, MULTIPOLYGON, GEOMETRY ...
+    storage_crs: CRS
+    fields: dict[str, Field]  # attributes, without the id and geometry columns
+    id_type: str = "integer"  # JSON type of the id: integer or string
+    id_native_type: str = ""  # the backend's type of the id column
+    id_has_default: bool = True  # the store assigns ids (serial, identity, rowid)
+    time_field: str | None = None
+    bbox: tuple[float, float, float, float] | None = None  # CRS84
+    temporal: tuple[datetime | None, datetime | None] | None = None
+
+    def check_property(self, name: str) -> Field:
+        """The field called ``name``; raises InvalidQuery for anything else.
+
+        Every column name that arrives from a request passes through here before it
+        can reach SQL.
+        """
+        from providers.errors import InvalidQuery
+
+        found = self.fields.get(name)
+        if found is None:
+            if name == self.id_field:
+                return Field(name, self.id_type)
+            raise InvalidQuery(f"unknown property {name[:100]!r}")
+        return found
+
+
+@dataclass(slots=True)
+class Query:
+    """A read of features, whatever door it came through.
+
+    ``filter`` is a pygeofilter AST (CQL2 text or JSON parse the same way); ``bbox``,
+    ``datetime`` and ``equals`` are compiled by the provider together with it.
+    """
+
+    limit: int = 100
+    offset: int = 0
+    bbox: tuple[float, float, float, float] | None = None
+    bbox_crs: CRS = CRS84
+    datetime: tuple[datetime | None, datetime | None] | None = None
+    equals: dict[str, Any] = field(default_factory=dict)
+    filter: Any = None
+    filter_crs: CRS = CRS84
+    sortby: list[tuple[str, bool]] = field(default_factory=list)  # (name, ascending)
+    properties: list[str] | None = None  # None: all attributes
+    skip_geometry: bool = False
+    crs: CRS = CRS84  # output CRS
+    count: CountMode = "auto"
+
+
+@dataclass(slots=True)
+class Count:
+    value: int
+    exact: bool
+
+
+@dataclass(slots=True)
+class FeaturePage:
+    """Encoded features (each a GeoJSON Feature as bytes) plus the match count."""
+
+    features: Iterator[bytes]
+    matched: Count | None
+
+
+@dataclass(slots=True)
+class StoredFeature:
+    """One feature as stored, with the version tag used for ETag / If-Match."""
+
+    id: Any
+    body: bytes  # GeoJSON Feature
+    etag: str
+
+
+def version_tag(*parts: bytes) -> str:
+    """A strong ETag over a row's stored content.
+
+    Computed from the stored bytes, not from one representation, so every CRS or
+    property selection of the same feature carries the same tag and ``If-Match``
+    works whatever the client read it as.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        digest.update(part)
+        digest.update(b"\x1f")
+    return f'"{digest.hexdigest()}"'
+
+
+class FeatureProvider(ABC):
+    """A collection's data access: one per published collection.
+
+    Implementations share pools/handles per database or file; instances are cheap.
+    """
+
+    schema: CollectionSchema
+    editable: bool = False
+    #: How to count for ``Count`` when the query says ``auto``.
+    count_mode: CountMode = "auto"
+
+    # -- reads ---------------------------------------------------------------
+    @abstractmethod
+    def query(self, query: Query) -> FeaturePage:
+        """Features matching ``query``, encoded as GeoJSON, in stable order."""
+
+    @abstractmethod
+    def records(self, query: Query, geometry: GeometryEncoding = "wkt") -> tuple[list[str], Iterator[tuple]]:
+        """Rows as plain values (id first, then geometry if asked, then attributes).
+
+        For tabular outputs (CSV, REST rows, exports) where GeoJSON is not wanted.
+        """
+
+    @abstractmethod
+    def get(
+        self,
+        fid: str,
+        crs: CRS = CRS84,
+        properties: list[str] | None = None,
+        skip_geometry: bool = False,
+    ) -> StoredFeature:
+        """One feature by id; raises NotFound."""
+
+    # -- writes (one transaction each) ----------------------------------------
+    @abstractmethod
+    def create(self, features: list[dict[str, Any]], crs: CRS = CRS84) -> list[StoredFeature]:
+        """Insert GeoJSON features atomically; all are stored or none."""
+
+    @abstractmethod
+    def replace(
+        self, fid: str, feature: dict[str, Any], crs: CRS = CRS84, if_match: str | None = None
+    ) -> StoredFeature:
+        """Replace a feature's geometry and every attribute."""
+
+    @abstractmethod
+    def update(
+        self, fid: str, patch: dict[str, Any], crs: CRS = CRS84, if_match: str | None = None
+    ) -> StoredFeature:
+        """Change only the attributes (and geometry) present in ``patch``."""
+
+    @abstractmethod
+    def delete(self, fid: str, if_match: str | None = None) -> None:
+        """Remove a feature; raises NotFound."""
+
+    # -- health ----------------------------------------------------------------
+    def ping(self) -> bool:
+        """Whether the backing store answers now."""
+        return True

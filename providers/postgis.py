@@ -1,0 +1,827 @@
+"""PostGIS data access with psycopg 3: discovery, reads built as GeoJSON in SQL, writes.
+
+All SQL of this backend is composed here with :mod:`psycopg.sql`; column names that
+come from a request are checked against the table's schema first (see
+:meth:`CollectionSchema.check_property`) and every value is a bound parameter.
+
+Each feature is assembled as GeoJSON text inside PostgreSQL (``ST_AsGeoJSON`` and
+``json_build_object``) and passed through untouched, so a page costs one query and
+no per-feature Python objects. Large pages are read through a server-side cursor
+and streamed in batches, in bounded memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from providers.base import (
+    CollectionSchema,
+    Count,
+    CountMode,
+    FeaturePage,
+    FeatureProvider,
+    Field,
+    GeometryEncoding,
+    Query,
+    StoredFeature,
+)
+from providers.crs import CRS, CRS84, from_srid
+from providers.errors import (
+    Conflict,
+    InvalidData,
+    InvalidQuery,
+    NotFound,
+    PreconditionFailed,
+    ProviderError,
+    ReadOnly,
+    Unavailable,
+)
+from providers.filters import Compiler, Dialect
+
+LOGGER = logging.getLogger(__name__)
+
+#: Pages up to this size are fetched at once; larger ones stream through a cursor.
+STREAM_THRESHOLD = 2000
+STREAM_BATCH = 1000
+#: json_build_object takes at most 100 arguments: 50 key/value pairs per call.
+PAIRS_PER_CALL = 50
+
+_JSON_TYPES = {
+    "int2": ("integer", None),
+    "int4": ("integer", None),
+    "int8": ("integer", None),
+    "oid": ("integer", None),
+    "float4": ("number", None),
+    "float8": ("number", None),
+    "numeric": ("number", None),
+    "bool": ("boolean", None),
+    "date": ("string", "date"),
+    "timestamp": ("string", "date-time"),
+    "timestamptz": ("string", "date-time"),
+    "uuid": ("string", "uuid"),
+    "json": ("object", None),
+    "jsonb": ("object", None),
+}
+
+
+# -- the pool shared by all collections of one database --------------------------------
+class PostGISDatabase:
+    """One connection pool per database, opened lazily.
+
+    Lazily, because gunicorn forks workers after the app is built and a pool's
+    connections and threads must not cross a fork.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        prepare_threshold: int | None = 5,
+        statement_timeout_ms: int = 30_000,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.pool_min = pool_min
+        self.pool_max = pool_max
+        self.prepare_threshold = prepare_threshold
+        self.statement_timeout_ms = statement_timeout_ms
+        self.connect_timeout_s = connect_timeout_s
+        self._pool: ConnectionPool | None = None
+        self._lock = threading.Lock()
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        conn.prepare_threshold = self.prepare_threshold
+        with conn.cursor() as cur:
+            # SET does not take bound parameters; the value is our own integer.
+            cur.execute(
+                sql.SQL("SET statement_timeout = {}").format(sql.Literal(int(self.statement_timeout_ms)))
+            )
+        conn.commit()
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ConnectionPool(
+                        self.url,
+                        min_size=self.pool_min,
+                        max_size=self.pool_max,
+                        configure=self._configure,
+                        check=ConnectionPool.check_connection,
+                        timeout=self.connect_timeout_s,
+                        kwargs={"connect_timeout": int(self.connect_timeout_s)},
+                        open=True,
+                        name="geoharbor",
+                    )
+        return self._pool
+
+    def connection(self):
+        """A pooled connection; failures to get one become :class:`Unavailable`."""
+        try:
+            return self.pool.connection()
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise Unavailable(f"database unavailable: {exc}") from exc
+
+    def ping(self) -> bool:
+        try:
+            with self.pool.connection(timeout=2.0) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except Exception:  # noqa: BLE001 - health reports any failure as down
+            return False
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def describe(self, ref: TableRef, **options: Any) -> CollectionSchema:
+        """The schema of a table or view; see :func:`describe_table`."""
+        return describe_table(self, ref, **options)
+
+    def compute_extents(self, ref: TableRef, schema: CollectionSchema) -> None:
+        """Fill ``schema``'s extents; see :func:`compute_extents`."""
+        compute_extents(self, ref, schema)
+
+    # -- discovery ------------------------------------------------------------------
+    def discover(self, schemas: list[str]) -> list[TableRef]:
+        """Every table and view with a geometry column in ``schemas``."""
+        query = sql.SQL(
+            "SELECT f_table_schema, f_table_name, f_geometry_column "
+            "FROM geometry_columns WHERE f_table_schema = ANY(%s) "
+            "ORDER BY f_table_schema, f_table_name, f_geometry_column"
+        )
+        with self.connection() as conn:
+            rows = conn.execute(query, (schemas,)).fetchall()
+        seen: dict[tuple[str, str], TableRef] = {}
+        for schema, table, column in rows:
+            key = (schema, table)
+            if key not in seen:  # the first geometry column, unless config picks another
+                seen[key] = TableRef(schema, table, column)
+        return list(seen.values())
+
+
+@dataclass(frozen=True, slots=True)
+class TableRef:
+    schema: str
+    table: str
+    geometry_column: str | None = None
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.table)
+
+
+# -- the SQL dialect of the filter compiler ---------------------------------------------
+class PostGISDialect(Dialect[sql.Composable]):
+    def __init__(self, storage_srid: int) -> None:
+        super().__init__()
+        self.storage_srid = storage_srid
+
+    def sql(self, text: str) -> sql.Composable:
+        return sql.SQL(text)
+
+    def ident(self, name: str) -> sql.Composable:
+        return sql.Identifier(name)
+
+    def placeholder(self, name: str) -> sql.Composable:
+        return sql.Placeholder(name)
+
+    def fmt(self, template: str, *parts: sql.Composable) -> sql.Composable:
+        return sql.SQL(template).format(*parts)
+
+    def join(self, parts, sep: str) -> sql.Composable:
+        return sql.SQL(sep).join(parts)
+
+    def _to_storage(self, geom: sql.Composable, crs: CRS) -> sql.Composable:
+        if crs.lat_first:
+            geom = sql.SQL("ST_FlipCoordinates({})").format(geom)
+        if crs.srid != self.storage_srid:
+            geom = sql.SQL("ST_Transform({}, {})").format(geom, sql.Literal(self.storage_srid))
+        return geom
+
+    def geometry_literal(self, geojson: dict[str, Any], crs: CRS) -> sql.Composable:
+        geom = sql.SQL("ST_SetSRID(ST_GeomFromGeoJSON({}), {})").format(
+            self.param(orjson.dumps(geojson).decode()), sql.Literal(crs.srid)
+        )
+        return self._to_storage(geom, crs)
+
+    def envelope_literal(self, bbox, crs: CRS) -> sql.Composable:
+        minx, miny, maxx, maxy = (float(v) for v in bbox)
+        env = sql.SQL("ST_MakeEnvelope({}, {}, {}, {}, {})").format(
+            self.param(minx),
+            self.param(miny),
+            self.param(maxx),
+            self.param(maxy),
+            sql.Literal(crs.srid),
+        )
+        if crs.srid != self.storage_srid:
+            # Densify before reprojecting so the box's curved edges are kept.
+            env = sql.SQL("ST_Transform(ST_Segmentize({}, {}), {})").format(
+                env, sql.Literal(max(maxx - minx, maxy - miny) / 16 or 1), sql.Literal(self.storage_srid)
+            )
+        return env
+
+    def spatial(self, op: str, lhs, rhs, envelope) -> sql.Composable:
+        func = {
+            "s_intersects": "ST_Intersects",
+            "s_disjoint": "ST_Disjoint",
+            "s_contains": "ST_Contains",
+            "s_within": "ST_Within",
+            "s_touches": "ST_Touches",
+            "s_crosses": "ST_Crosses",
+            "s_overlaps": "ST_Overlaps",
+            "s_equals": "ST_Equals",
+        }[op]
+        return sql.SQL(func + "({}, {})").format(lhs, rhs)
+
+    def like(self, lhs, pattern) -> sql.Composable:
+        return sql.SQL("({}::text LIKE {})").format(lhs, pattern)
+
+    def lower(self, expr) -> sql.Composable:
+        return sql.SQL("lower({}::text)").format(expr)
+
+    def time_value(self, expr) -> sql.Composable:
+        return expr
+
+
+# -- schema introspection ---------------------------------------------------------------
+def describe_table(
+    db: PostGISDatabase,
+    ref: TableRef,
+    *,
+    id_column: str | None = None,
+    time_column: str | None = None,
+    properties: list[str] | None = None,
+) -> CollectionSchema:
+    """Read a table's or view's columns, key, geometry, SRID and extents from PostgreSQL."""
+    with db.connection() as conn:
+        cols = conn.execute(
+            "SELECT a.attname, t.typname, NOT a.attnotnull, "
+            "       pg_get_expr(d.adbin, d.adrelid) IS NOT NULL OR a.attidentity <> '' "
+            "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum",
+            (ref.ident.as_string(conn),),
+        ).fetchall()
+        if not cols:
+            raise NotFound(f"table {ref.schema}.{ref.table} not found")
+        pk = conn.execute(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            "WHERE i.indrelid = %s::regclass AND i.indisprimary",
+            (ref.ident.as_string(conn),),
+        ).fetchall()
+        geom_col = ref.geometry_column
+        geo = None
+        if geom_col:
+            geo = conn.execute(
+                "SELECT srid, type FROM geometry_columns WHERE f_table_schema = %s "
+                "AND f_table_name = %s AND f_geometry_column = %s",
+                (ref.schema, ref.table, geom_col),
+            ).fetchone()
+    types = {name: typ for name, typ, _, _ in cols}
+    if id_column is None:
+        if len(pk) == 1:
+            id_column = pk[0][0]
+        else:
+            id_column = next((c for c in ("id", "fid", "gid", "ogc_fid") if c in types), None)
+            if id_column is None:
+                id_column = next(
+                    (n for n, t, _, _ in cols if t in ("int2", "int4", "int8", "uuid", "text", "varchar")),
+                    None,
+                )
+    if id_column is None or id_column not in types:
+        raise InvalidData(f"{ref.schema}.{ref.table}: no usable id column; set id_column")
+    fields: dict[str, Field] = {}
+    for name, typ, nullable, _has_default in cols:
+        if name in (id_column, geom_col) or typ in ("geometry", "geography", "raster"):
+            continue
+        if properties is not None and name not in properties:
+            continue
+        kind, fmt = _JSON_TYPES.get(typ, ("string", None))
+        fields[name] = Field(name, kind, fmt, nullable, typ)
+    if time_column is None:
+        time_column = next((n for n, f in fields.items() if f.format in ("date", "date-time")), None)
+    srid = int(geo[0]) if geo and geo[0] else 4326
+    id_kind = _JSON_TYPES.get(types[id_column], ("string", None))[0]
+    return CollectionSchema(
+        id_field=id_column,
+        geometry_field=geom_col,
+        geometry_type=(geo[1] if geo else None),
+        storage_crs=from_srid(srid),
+        fields=fields,
+        id_type="integer" if id_kind == "integer" else "string",
+        time_field=time_column,
+        id_native_type=types[id_column],
+        id_has_default=next(bool(d) for n, _, _, d in cols if n == id_column),
+    )
+
+
+def compute_extents(db: PostGISDatabase, ref: TableRef, schema: CollectionSchema) -> None:
+    """Fill the schema's CRS84 bbox (planner estimate first) and temporal extent."""
+    table = ref.ident
+    with db.connection() as conn:
+        if schema.geometry_field:
+            geom = sql.Identifier(schema.geometry_field)
+            srid = sql.Literal(schema.storage_crs.srid)
+            box = None
+            try:
+                box = conn.execute(
+                    sql.SQL(
+                        "SELECT ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b) FROM ("
+                        "SELECT ST_Transform(ST_SetSRID(ST_EstimatedExtent({}, {}, {})::geometry, {}),"
+                        " 4326) AS b) s"
+                    ).format(
+                        sql.Literal(ref.schema),
+                        sql.Literal(ref.table),
+                        sql.Literal(schema.geometry_field),
+                        srid,
+                    )
+                ).fetchone()
+            except psycopg.Error:
+                conn.rollback()
+            if not box or box[0] is None:
+                box = conn.execute(
+                    sql.SQL(
+                        "SELECT ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b) FROM ("
+                        "SELECT ST_Transform(ST_SetSRID(ST_Extent({})::geometry, {}), 4326) AS b "
+                        "FROM {}) s"
+                    ).format(geom, srid, table)
+                ).fetchone()
+            if box and box[0] is not None:
+                schema.bbox = (max(-180.0, box[0]), max(-90.0, box[1]), min(180.0, box[2]), min(90.0, box[3]))
+        if schema.time_field:
+            col = sql.Identifier(schema.time_field)
+            low, high = conn.execute(
+                sql.SQL("SELECT min({c}), max({c}) FROM {t}").format(c=col, t=table)
+            ).fetchone()
+            schema.temporal = (_as_datetime(low), _as_datetime(high))
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day)
+    return None
+
+
+# -- one collection ---------------------------------------------------------------------
+class PostGISProvider(FeatureProvider):
+    """A table or view of a :class:`PostGISDatabase` published as a collection."""
+
+    def __init__(
+        self,
+        db: PostGISDatabase,
+        ref: TableRef,
+        schema: CollectionSchema,
+        *,
+        editable: bool = False,
+        count_mode: CountMode = "auto",
+        exact_count_below: int = 100_000,
+    ) -> None:
+        self.db = db
+        self.ref = ref
+        self.schema = schema
+        self.editable = editable
+        self.count_mode = count_mode
+        self.exact_count_below = exact_count_below
+        self._table = ref.ident
+        self._id = sql.Identifier(schema.id_field)
+        self._geom = sql.Identifier(schema.geometry_field) if schema.geometry_field else None
+        self._native_id = schema.id_native_type
+        self._id_default = schema.id_has_default
+
+    def ping(self) -> bool:
+        return self.db.ping()
+
+    # -- SQL pieces ----------------------------------------------------------------
+    def _geometry_out(self, crs: CRS) -> sql.Composable:
+        geom: sql.Composable = self._geom  # type: ignore[assignment]
+        if crs.srid != self.schema.storage_crs.srid:
+            geom = sql.SQL("ST_Transform({}, {})").format(geom, sql.Literal(crs.srid))
+        if crs.lat_first:
+            geom = sql.SQL("ST_FlipCoordinates({})").format(geom)
+        return geom
+
+    def _precision(self, crs: CRS) -> int:
+        return 7 if crs.srid == 4326 or not _is_projected(crs.srid) else 3
+
+    def _property_names(self, wanted: list[str] | None) -> list[str]:
+        if wanted is None:
+            return list(self.schema.fields)
+        for name in wanted:
+            self.schema.check_property(name)
+        return [n for n in wanted if n in self.schema.fields]
+
+    def _feature_json(self, crs: CRS, properties: list[str] | None, skip_geometry: bool) -> sql.Composable:
+        """SQL text of one GeoJSON Feature; the geometry's GeoJSON is spliced in as text."""
+        names = self._property_names(properties)
+        if names:
+            calls = []
+            for start in range(0, len(names), PAIRS_PER_CALL):
+                chunk = names[start : start + PAIRS_PER_CALL]
+                pairs = sql.SQL(", ").join(
+                    sql.SQL("{}, {}").format(sql.Literal(n), sql.Identifier(n)) for n in chunk
+                )
+                calls.append(
+                    sql.SQL(
+                        "jsonb_build_object({})" if len(names) > PAIRS_PER_CALL else "json_build_object({})"
+                    ).format(pairs)
+                )
+            props = sql.SQL(" || ").join(calls)
+            props = sql.SQL("({})::text").format(props)
+        else:
+            props = sql.SQL("'{}'")
+        if skip_geometry or self._geom is None:
+            geometry = sql.SQL("'null'")
+        else:
+            geometry = sql.SQL("COALESCE(ST_AsGeoJSON({}, {}, 0), 'null')").format(
+                self._geometry_out(crs), sql.Literal(self._precision(crs))
+            )
+        return sql.SQL(
+            '\'{{"type":"Feature","id":\' || to_json({id})::text || \',"geometry":\' || {geom}'
+            " || ',\"properties\":' || {props} || '}}'"
+        ).format(id=self._id, geom=geometry, props=props)
+
+    def _where(self, query: Query) -> tuple[sql.Composable, dict[str, Any]]:
+        dialect = PostGISDialect(self.schema.storage_crs.srid)
+        clause = Compiler(self.schema, dialect).where(query)
+        if clause is None:
+            return sql.SQL(""), dialect.params
+        return sql.SQL(" WHERE {}").format(clause), dialect.params
+
+    def _order(self, query: Query) -> sql.Composable:
+        terms = []
+        for name, ascending in query.sortby:
+            self.schema.check_property(name)
+            terms.append(
+                sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL("ASC" if ascending else "DESC"))
+            )
+        if not any(name == self.schema.id_field for name, _ in query.sortby):
+            terms.append(self._id)
+        return sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(terms))
+
+    # -- reads -----------------------------------------------------------------------
+    def query(self, query: Query) -> FeaturePage:
+        where, params = self._where(query)
+        select = sql.SQL("SELECT {} FROM {} AS t{}{} LIMIT {} OFFSET {}").format(
+            self._feature_json(query.crs, query.properties, query.skip_geometry),
+            self._table,
+            where,
+            self._order(query),
+            sql.Placeholder("_limit"),
+            sql.Placeholder("_offset"),
+        )
+        params = {**params, "_limit": query.limit, "_offset": query.offset}
+        mode = self.count_mode if query.count == "auto" else query.count
+        if query.limit > STREAM_THRESHOLD:
+            matched = self._count(where, params, mode)
+            return FeaturePage(self._stream(select, params), matched)
+        with self.db.connection() as conn:
+            try:
+                with conn.cursor() as cur:
+                    matched = self._count_on(cur, where, params, mode)
+                    cur.execute(select, params)
+                    rows = [r[0].encode() for r in cur.fetchall()]
+            except psycopg.Error as exc:
+                raise _read_error(exc) from exc
+        return FeaturePage(iter(rows), matched)
+
+    def _stream(self, select: sql.Composable, params: dict[str, Any]) -> Iterator[bytes]:
+        """Rows from a server-side cursor; the connection goes back when the client is done."""
+        with self.db.connection() as conn:
+            try:
+                with conn.transaction(), conn.cursor(name=f"gh_{uuid.uuid4().hex}") as cur:
+                    cur.itersize = STREAM_BATCH
+                    cur.execute(select, params)
+                    while True:
+                        batch = cur.fetchmany(STREAM_BATCH)
+                        if not batch:
+                            break
+                        for (text,) in batch:
+                            yield text.encode()
+            except psycopg.Error as exc:
+                raise _read_error(exc) from exc
+
+    def _count(self, where, params, mode: CountMode) -> Count | None:
+        with self.db.connection() as conn, conn.cursor() as cur:
+            try:
+                return self._count_on(cur, where, params, mode)
+            except psycopg.Error as exc:
+                raise _read_error(exc) from exc
+
+    def _count_on(self, cur: psycopg.Cursor, where, params, mode: CountMode) -> Count | None:
+        if mode == "none":
+            return None
+        params = {k: v for k, v in params.items() if not k.startswith("_")}
+        if mode in ("estimate", "auto"):
+            cur.execute(
+                sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} AS t{}").format(self._table, where), params
+            )
+            estimate = int(cur.fetchone()[0][0]["Plan"]["Plan Rows"])
+            if mode == "estimate" or estimate >= self.exact_count_below:
+                return Count(estimate, False)
+        cur.execute(sql.SQL("SELECT count(*) FROM {} AS t{}").format(self._table, where), params)
+        return Count(int(cur.fetchone()[0]), True)
+
+    def records(self, query: Query, geometry: GeometryEncoding = "wkt") -> tuple[list[str], Iterator[tuple]]:
+        names = self._property_names(query.properties)
+        columns = [sql.SQL("t.{}").format(self._id)]
+        header = [self.schema.id_field]
+        if geometry != "none" and self._geom is not None and not query.skip_geometry:
+            func = {"wkt": "ST_AsText", "wkb": "ST_AsBinary", "geojson": "ST_AsGeoJSON"}[geometry]
+            columns.append(sql.SQL(func + "({})").format(self._geometry_out(query.crs)))
+            header.append(self.schema.geometry_field or "geometry")
+        columns += [sql.SQL("t.{}").format(sql.Identifier(n)) for n in names]
+        header += names
+        where, params = self._where(query)
+        select = sql.SQL("SELECT {} FROM {} AS t{}{} LIMIT {} OFFSET {}").format(
+            sql.SQL(", ").join(columns),
+            self._table,
+            where,
+            self._order(query),
+            sql.Placeholder("_limit"),
+            sql.Placeholder("_offset"),
+        )
+        params = {**params, "_limit": query.limit, "_offset": query.offset}
+
+        def rows() -> Iterator[tuple]:
+            with self.db.connection() as conn:
+                try:
+                    with conn.transaction(), conn.cursor(name=f"gh_{uuid.uuid4().hex}") as cur:
+                        cur.execute(select, params)
+                        while batch := cur.fetchmany(STREAM_BATCH):
+                            yield from batch
+                except psycopg.Error as exc:
+                    raise _read_error(exc) from exc
+
+        return header, rows()
+
+    def _id_value(self, fid: Any) -> Any:
+        """The id as the column's type; anything that cannot be one is simply not found."""
+        try:
+            if self._native_id in ("int2", "int4", "int8"):
+                value = int(str(fid))
+                if abs(value) > 2**63 - 1:
+                    raise ValueError
+                return value
+            if self._native_id == "uuid":
+                return uuid.UUID(str(fid))
+        except ValueError as exc:
+            raise NotFound(f"feature {str(fid)[:100]!r} not found") from exc
+        return str(fid)
+
+    def _select_one(self, crs: CRS, properties, skip_geometry: bool, lock: bool = False) -> sql.Composable:
+        return sql.SQL(
+            "SELECT t.{id}, md5(t::text), {feature} FROM {table} AS t WHERE t.{id} = %s{lock}"
+        ).format(
+            id=self._id,
+            feature=self._feature_json(crs, properties, skip_geometry),
+            table=self._table,
+            lock=sql.SQL(" FOR UPDATE" if lock else ""),
+        )
+
+    def get(self, fid: str, crs: CRS = CRS84, properties=None, skip_geometry: bool = False) -> StoredFeature:
+        key = self._id_value(fid)
+        with self.db.connection() as conn:
+            try:
+                row = conn.execute(self._select_one(crs, properties, skip_geometry), (key,)).fetchone()
+            except psycopg.Error as exc:
+                raise _read_error(exc) from exc
+        if row is None:
+            raise NotFound(f"feature {str(fid)[:100]!r} not found")
+        return StoredFeature(row[0], row[2].encode(), f'"{row[1]}"')
+
+    # -- writes ----------------------------------------------------------------------
+    def _require_editable(self) -> None:
+        if not self.editable:
+            raise ReadOnly("this collection is read-only")
+
+    def _geometry_in(self, crs: CRS) -> sql.Composable:
+        geom: sql.Composable = sql.SQL("ST_SetSRID(ST_GeomFromGeoJSON(%s), {})").format(sql.Literal(crs.srid))
+        if crs.lat_first:
+            geom = sql.SQL("ST_FlipCoordinates({})").format(geom)
+        if crs.srid != self.schema.storage_crs.srid:
+            geom = sql.SQL("ST_Transform({}, {})").format(geom, sql.Literal(self.schema.storage_crs.srid))
+        if (self.schema.geometry_type or "").upper().startswith("MULTI"):
+            # A Polygon sent to a MultiPolygon layer is stored as a one-part multi.
+            geom = sql.SQL("ST_Multi({})").format(geom)
+        return geom
+
+    def _values(self, feature: dict[str, Any], partial: bool) -> tuple[list[str], list[Any], Any]:
+        """Column names, values and geometry JSON of a GeoJSON feature, checked against the schema."""
+        if not isinstance(feature, dict):
+            raise InvalidData("a feature must be a JSON object")
+        props = feature.get("properties")
+        if props is None:
+            props = {}
+        if not isinstance(props, dict):
+            raise InvalidData("'properties' must be an object")
+        names: list[str] = []
+        values: list[Any] = []
+        for name, value in props.items():
+            if name == self.schema.id_field:
+                continue
+            field = self.schema.fields.get(name)
+            if field is None:
+                raise InvalidData(f"unknown property {str(name)[:100]!r}")
+            names.append(name)
+            if isinstance(value, (dict, list)):
+                value = (
+                    psycopg.types.json.Jsonb(value)
+                    if field.type == "object"
+                    else orjson.dumps(value).decode()
+                )
+            values.append(value)
+        if not partial:
+            for name in self.schema.fields:
+                if name not in props:
+                    names.append(name)
+                    values.append(None)
+        geometry = _MISSING
+        if "geometry" in feature:
+            geometry = feature["geometry"]
+            if geometry is not None:
+                if not isinstance(geometry, dict) or "type" not in geometry:
+                    raise InvalidData("'geometry' must be a GeoJSON geometry object or null")
+                geometry = orjson.dumps(geometry).decode()
+        elif not partial:
+            geometry = None
+        return names, values, geometry
+
+    def _write(self, work) -> Any:
+        """Run ``work(conn)`` in one transaction, mapping database errors to provider errors."""
+        self._require_editable()
+        with self.db.connection() as conn:
+            try:
+                with conn.transaction():
+                    return work(conn)
+            except ProviderError:
+                raise
+            except psycopg.errors.UniqueViolation as exc:
+                raise Conflict(_pg_message(exc)) from exc
+            except (
+                psycopg.errors.IntegrityError,
+                psycopg.errors.DataError,
+                psycopg.errors.InternalError_,
+                psycopg.errors.InvalidParameterValue,
+                psycopg.errors.UndefinedFunction,
+                psycopg.errors.DatatypeMismatch,
+            ) as exc:
+                raise InvalidData(_pg_message(exc)) from exc
+            except psycopg.OperationalError as exc:
+                raise Unavailable(_pg_message(exc)) from exc
+
+    def create(self, features: list[dict[str, Any]], crs: CRS = CRS84) -> list[StoredFeature]:
+        def work(conn: psycopg.Connection) -> list[StoredFeature]:
+            ids = []
+            for index, feature in enumerate(features):
+                try:
+                    names, values, geometry = self._values(feature, partial=True)
+                except InvalidData as exc:
+                    raise InvalidData(f"feature {index + 1}: {exc.message}") from exc
+                columns = [sql.Identifier(n) for n in names]
+                holders: list[sql.Composable] = [sql.Placeholder()] * len(names)
+                client_id = feature.get("id")
+                if client_id is None:
+                    client_id = (feature.get("properties") or {}).get(self.schema.id_field)
+                if client_id is not None and not self._id_default:
+                    columns.insert(0, self._id)
+                    holders.insert(0, sql.Placeholder())
+                    values.insert(0, self._id_value(client_id))
+                elif client_id is None and not self._id_default:
+                    raise InvalidData(f"feature {index + 1}: this collection needs an 'id'")
+                if self._geom is not None and geometry not in (_MISSING, None):
+                    columns.append(self._geom)
+                    holders.append(self._geometry_in(crs))
+                    values.append(geometry)
+                statement = (
+                    sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING {}").format(
+                        self._table, sql.SQL(", ").join(columns), sql.SQL(", ").join(holders), self._id
+                    )
+                    if columns
+                    else sql.SQL("INSERT INTO {} DEFAULT VALUES RETURNING {}").format(self._table, self._id)
+                )
+                ids.append(conn.execute(statement, values).fetchone()[0])
+            return [self._read_locked(conn, i) for i in ids]
+
+        return self._write(work)
+
+    def _read_locked(self, conn: psycopg.Connection, key: Any, lock: bool = False) -> StoredFeature:
+        row = conn.execute(self._select_one(CRS84, None, False, lock), (key,)).fetchone()
+        if row is None:
+            raise NotFound(f"feature {str(key)[:100]!r} not found")
+        return StoredFeature(row[0], row[2].encode(), f'"{row[1]}"')
+
+    def _check_version(self, conn: psycopg.Connection, key: Any, if_match: str | None) -> None:
+        current = self._read_locked(conn, key, lock=True)
+        if if_match is not None and if_match.strip() != "*":
+            tags = {t.strip().removeprefix("W/") for t in if_match.split(",")}
+            if current.etag not in tags:
+                raise PreconditionFailed("the feature has changed since it was read (ETag mismatch)")
+
+    def _set(
+        self, fid: str, feature: dict[str, Any], crs: CRS, if_match: str | None, partial: bool
+    ) -> StoredFeature:
+        key = self._id_value(fid)
+
+        def work(conn: psycopg.Connection) -> StoredFeature:
+            self._check_version(conn, key, if_match)
+            names, values, geometry = self._values(feature, partial=partial)
+            sets = [sql.SQL("{} = %s").format(sql.Identifier(n)) for n in names]
+            if self._geom is not None and geometry is not _MISSING:
+                if geometry is None:
+                    sets.append(sql.SQL("{} = NULL").format(self._geom))
+                else:
+                    sets.append(sql.SQL("{} = {}").format(self._geom, self._geometry_in(crs)))
+                    values.append(geometry)
+            if sets:
+                conn.execute(
+                    sql.SQL("UPDATE {} SET {} WHERE {} = %s").format(
+                        self._table, sql.SQL(", ").join(sets), self._id
+                    ),
+                    [*values, key],
+                )
+            return self._read_locked(conn, key)
+
+        return self._write(work)
+
+    def replace(
+        self, fid: str, feature: dict[str, Any], crs: CRS = CRS84, if_match: str | None = None
+    ) -> StoredFeature:
+        return self._set(fid, feature, crs, if_match, partial=False)
+
+    def update(
+        self, fid: str, patch: dict[str, Any], crs: CRS = CRS84, if_match: str | None = None
+    ) -> StoredFeature:
+        return self._set(fid, patch, crs, if_match, partial=True)
+
+    def delete(self, fid: str, if_match: str | None = None) -> None:
+        key = self._id_value(fid)
+
+        def work(conn: psycopg.Connection) -> None:
+            self._check_version(conn, key, if_match)
+            conn.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(self._table, self._id), (key,))
+
+        self._write(work)
+
+
+_MISSING: Any = object()
+
+
+def _pg_message(exc: psycopg.Error) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = diag.message_primary if diag is not None else None
+    return (primary or str(exc)).splitlines()[0][:300]
+
+
+def _read_error(exc: psycopg.Error) -> ProviderError:
+    """A failed read: the client's fault (types, values) is a 400, the rest 503."""
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return Unavailable("the query took too long and was cancelled")
+    if isinstance(
+        exc,
+        (
+            psycopg.errors.DataError,
+            psycopg.errors.UndefinedFunction,
+            psycopg.errors.DatatypeMismatch,
+            psycopg.errors.InternalError_,
+            psycopg.errors.InvalidParameterValue,
+        ),
+    ):
+        return InvalidQuery(_pg_message(exc))
+    if isinstance(exc, psycopg.OperationalError):
+        return Unavailable(_pg_message(exc))
+    LOGGER.exception("unexpected database error")
+    return ProviderError(_pg_message(exc))
+
+
+_PROJECTED: dict[int, bool] = {}
+
+
+def _is_projected(srid: int) -> bool:
+    if srid not in _PROJECTED:
+        from pyproj import CRS as ProjCRS
+
+        try:
+            _PROJECTED[srid] = ProjCRS.from_epsg(srid).is_projected
+        except Exception:  # noqa: BLE001 - unknown to PROJ: keep full precision
+            _PROJECTED[srid] = True
+    return _PROJECTED[srid]

@@ -1,0 +1,79 @@
+"""The Flask application: pygeoapi's OGC routes, our feature routes and blueprints."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from server import config as config_module
+from server import errors, features, health, ogc
+from server.pygeoapi_bridge import PygeoapiCore
+from server.registry import Registry
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class State:
+    """What the routes share within one process (nothing another process needs)."""
+
+    config: dict[str, Any]
+    registry: Registry
+    core: PygeoapiCore
+
+
+def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
+    """Build the app from a validated config dict or the path of a YAML config file."""
+    if not isinstance(config, dict):
+        config = config_module.load(config)
+    elif "server" not in config or "sources" not in config:
+        config = config_module.validate(config)
+    logging.basicConfig(
+        level=config["server"]["log_level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    registry = Registry(config)
+    app = Flask(__name__)
+    app.config["GEOHARBOR"] = config
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.strict_slashes = False
+    app.extensions["geoharbor"] = State(config, registry, PygeoapiCore(config, registry))
+    if config["server"]["trust_proxy_headers"]:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
+    errors.install(app)
+    # Our feature routes first: they own items and item for every method.
+    app.register_blueprint(features.blueprint)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(ogc.blueprint)
+    _install_cors(app, config["server"]["cors_origins"])
+    LOGGER.info("geoharbor serving %d collections", len(registry.collections))
+    return app
+
+
+def _install_cors(app: Flask, origins: list[str]) -> None:
+    """Web maps on other origins read every OGC response (OpenLayers, MapLibre)."""
+    allowed = set(origins)
+
+    @app.after_request
+    def cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if "*" in allowed:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        elif origin and origin in allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers.add("Vary", "Origin")
+        else:
+            return response
+        response.headers["Access-Control-Expose-Headers"] = (
+            "ETag, Location, Link, Content-Crs, OGC-NumberMatched-Estimated"
+        )
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = (
+                request.headers.get("Access-Control-Request-Headers") or "Content-Type, If-Match, Content-Crs"
+            )
+        return response

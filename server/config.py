@@ -1,0 +1,212 @@
+"""geoharbor's configuration: one YAML file, ``${ENV}`` substitution, checked at start.
+
+The file is validated against a JSON Schema so a mistake is reported as the key that
+is wrong and what is wrong with it, before anything is served.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key."""
+
+
+_COLLECTION = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["source"],
+    "properties": {
+        "source": {"type": "string", "description": "name of an entry of `sources`"},
+        "table": {"type": "string", "description": "PostGIS table or view, `schema.table` or `table`"},
+        "layer": {"type": "string", "description": "GeoPackage layer"},
+        "title": {"type": "string"},
+        "description": {"type": "string"},
+        "keywords": {"type": "array", "items": {"type": "string"}},
+        "id_column": {"type": "string"},
+        "geometry_column": {"type": "string"},
+        "time_column": {"type": "string"},
+        "properties": {"type": "array", "items": {"type": "string"}},
+        "editable": {"type": "boolean"},
+        "count": {"enum": ["exact", "estimate", "auto", "none"]},
+        "crs": {"type": "array", "items": {"type": ["string", "integer"]}},
+    },
+}
+
+_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "server": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "bind": {"type": "string", "pattern": r"^[^:\s]*:\d+$|^unix:"},
+                "workers": {"type": "integer", "minimum": 1, "maximum": 256},
+                "threads": {"type": "integer", "minimum": 1, "maximum": 256},
+                "timeout": {"type": "integer", "minimum": 1},
+                "url": {"type": ["string", "null"], "pattern": r"^https?://"},
+                "title": {"type": "string"},
+                "description": {"type": "string"},
+                "limit_default": {"type": "integer", "minimum": 1},
+                "limit_max": {"type": "integer", "minimum": 1},
+                "cors_origins": {"type": "array", "items": {"type": "string"}},
+                "trust_proxy_headers": {"type": "boolean"},
+                "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
+                "crs": {"type": "array", "items": {"type": ["string", "integer"]}},
+            },
+        },
+        "sources": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["type"],
+                "oneOf": [
+                    {
+                        "additionalProperties": False,
+                        "required": ["type", "url"],
+                        "properties": {
+                            "type": {"const": "postgis"},
+                            "url": {"type": "string", "minLength": 1},
+                            "pool_min": {"type": "integer", "minimum": 0},
+                            "pool_max": {"type": "integer", "minimum": 1},
+                            "prepare_threshold": {"type": ["integer", "null"], "minimum": 0},
+                            "statement_timeout_ms": {"type": "integer", "minimum": 0},
+                            "publish_schemas": {"type": "array", "items": {"type": "string"}},
+                            "exclude": {"type": "array", "items": {"type": "string"}},
+                            "editable": {"type": "boolean"},
+                            "count": {"enum": ["exact", "estimate", "auto", "none"]},
+                            "exact_count_below": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                    {
+                        "additionalProperties": False,
+                        "required": ["type", "path"],
+                        "properties": {
+                            "type": {"const": "geopackage"},
+                            "path": {"type": "string", "minLength": 1},
+                            "publish": {"type": "boolean"},
+                            "exclude": {"type": "array", "items": {"type": "string"}},
+                            "editable": {"type": "boolean"},
+                            "count": {"enum": ["exact", "estimate", "auto", "none"]},
+                        },
+                    },
+                ],
+            },
+        },
+        "collections": {
+            "type": "object",
+            "propertyNames": {"pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"},
+            "additionalProperties": _COLLECTION,
+        },
+    },
+}
+
+DEFAULTS: dict[str, Any] = {
+    "bind": "127.0.0.1:5000",
+    "workers": 2,
+    "threads": 1,
+    "timeout": 60,
+    "url": None,
+    "title": "geoharbor",
+    "description": "Geodata published with OGC API - Features",
+    "limit_default": 100,
+    "limit_max": 10_000,
+    "cors_origins": ["*"],
+    "trust_proxy_headers": False,
+    "log_level": "INFO",
+    "crs": [],
+}
+
+
+def _substitute(value: Any, path: str) -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string, recursively."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def repl(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found is None:
+                if default is None:
+                    raise ConfigError(f"{path}: environment variable {name} is not set")
+                return default
+            return found
+
+        return _ENV.sub(repl, value)
+    return value
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def validate(raw: dict[str, Any]) -> dict[str, Any]:
+    """Check a parsed configuration and fill defaults; raises ConfigError."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("(top level): expected a mapping of server, sources, collections")
+    raw = _substitute(raw, "")
+    validator = jsonschema.Draft202012Validator(_SCHEMA)
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
+    if errors:
+        messages = []
+        for error in errors[:10]:
+            if error.validator == "oneOf" and isinstance(error.instance, dict):
+                kind = error.instance.get("type")
+                best = [e for e in error.context or [] if kind is None or "const" not in e.schema]
+                detail = best[0].message if best else error.message
+                if kind not in ("postgis", "geopackage"):
+                    detail = f"type must be postgis or geopackage, not {kind!r}"
+                messages.append(f"{_where(error)}: {detail}")
+            else:
+                messages.append(f"{_where(error)}: {error.message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(messages))
+    config = {
+        "server": {**DEFAULTS, **raw.get("server", {})},
+        "sources": raw.get("sources", {}),
+        "collections": raw.get("collections", {}),
+    }
+    for name, coll in config["collections"].items():
+        source = config["sources"].get(coll["source"])
+        if source is None:
+            raise ConfigError(f"collections.{name}.source: no source named {coll['source']!r}")
+        key = "table" if source["type"] == "postgis" else "layer"
+        if key not in coll:
+            raise ConfigError(f"collections.{name}: a {source['type']} collection needs '{key}'")
+    server = config["server"]
+    if server["limit_default"] > server["limit_max"]:
+        raise ConfigError("server.limit_default: must not exceed server.limit_max")
+    return config
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read, substitute and validate the YAML file at ``path``."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    config = validate(raw)
+    # Relative GeoPackage paths are relative to the config file, not the working directory.
+    for source in config["sources"].values():
+        if source["type"] == "geopackage" and not os.path.isabs(source["path"]):
+            source["path"] = str((file.parent / source["path"]).resolve())
+    return config

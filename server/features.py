@@ -1,0 +1,320 @@
+"""OGC API - Features items and item routes (Parts 1-4), served by our providers.
+
+Reads stream the providers' GeoJSON straight out; HTML pages reuse pygeoapi's
+templates. Writes (Part 4) go through the provider write calls with ``ETag`` /
+``If-Match`` optimistic locking. pygeoapi has no PATCH route: this one does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, current_app, request, stream_with_context
+
+from providers.base import Query
+from providers.crs import CRS84, parse_crs
+from providers.errors import InvalidData, InvalidQuery, ReadOnly
+from server import formats
+from server.links import MEDIA, base_url, link, link_header, url
+from server.params import items_query
+from server.registry import Collection
+
+blueprint = Blueprint("features", __name__)
+
+READ_METHODS = ["GET", "HEAD", "OPTIONS"]
+MAX_BODY = 64 * 1024 * 1024
+
+
+def _state():
+    return current_app.extensions["geoharbor"]
+
+
+def _collection(cid: str) -> Collection:
+    return _state().registry.get(cid)
+
+
+def _crs_headers(crs) -> dict[str, str]:
+    return {"Content-Crs": f"<{crs.uri}>"}
+
+
+# -- reads ------------------------------------------------------------------------------
+@blueprint.route("/collections/<cid>/items", methods=["GET", "HEAD"])
+def items(cid: str) -> Response:
+    coll = _collection(cid)
+    fmt = formats.negotiate(request)
+    server = current_app.config["GEOHARBOR"]["server"]
+    query = items_query(
+        request.args,
+        coll.provider.schema,
+        limit_default=server["limit_default"],
+        limit_max=server["limit_max"],
+    )
+    if fmt == "csv":
+        header, rows = coll.provider.records(query, "wkt")
+        return Response(
+            stream_with_context(formats.csv_rows(header, rows)),
+            mimetype="text/csv",
+            headers={"Content-Disposition": f'inline; filename="{cid}.csv"', **_crs_headers(query.crs)},
+        )
+    limit = query.limit
+    query.limit = limit + 1  # one more than asked tells whether a next page exists
+    page = coll.provider.query(query)
+    query.limit = limit
+    state: dict[str, Any] = {"returned": 0, "more": False}
+
+    def counted():
+        for feature in page.features:
+            if state["returned"] == limit:
+                state["more"] = True
+                return
+            state["returned"] += 1
+            yield feature
+
+    if fmt in ("jsonl", "geojsonseq"):
+        return Response(
+            stream_with_context(formats.feature_lines(counted(), fmt == "geojsonseq")),
+            mimetype=MEDIA[fmt],
+            headers=_crs_headers(query.crs),
+        )
+    path = f"/collections/{cid}/items"
+    matched = page.matched
+
+    def nav(more: bool) -> list[dict[str, str]]:
+        args = request.args.copy()
+        args.pop("f", None)
+        links = [
+            link(url(path, _with(args, f="json")), "self", MEDIA["json"], "this document"),
+            link(url(path, _with(args, f="html")), "alternate", MEDIA["html"], "this document as HTML"),
+            link(url(f"/collections/{cid}", {"f": "json"}), "collection", "application/json", coll.title),
+        ]
+        if more:
+            links.append(
+                link(
+                    url(path, _with(args, f="json", offset=query.offset + limit)),
+                    "next",
+                    MEDIA["json"],
+                    "next page",
+                )
+            )
+        if query.offset > 0:
+            links.append(
+                link(
+                    url(path, _with(args, f="json", offset=max(0, query.offset - limit))),
+                    "prev",
+                    MEDIA["json"],
+                    "previous page",
+                )
+            )
+        return links
+
+    head: dict[str, Any] = {"timeStamp": formats.timestamp()}
+    if matched is not None:
+        head["numberMatched"] = matched.value
+    headers = _crs_headers(query.crs)
+    if matched is not None and not matched.exact:
+        headers["OGC-NumberMatched-Estimated"] = "true"
+    if fmt == "html":
+        features = list(counted())
+        return _html_items(coll, query, features, nav(state["more"]), matched)
+    if limit + 1 <= _stream_threshold():
+        features = list(counted())  # small page: known before sending, so Link headers are complete
+        links = nav(state["more"])
+        head["links"] = links
+        headers["Link"] = link_header(links)
+        body = b"".join(formats.feature_collection(features, head, {"numberReturned": len(features)}))
+        return Response(body, mimetype=MEDIA["json"], headers=headers)
+
+    def tail() -> dict[str, Any]:
+        return {"numberReturned": state["returned"], "links": nav(state["more"])}
+
+    return Response(
+        stream_with_context(formats.feature_collection(counted(), head, tail)),
+        mimetype=MEDIA["json"],
+        headers=headers,
+    )
+
+
+def _stream_threshold() -> int:
+    from providers.postgis import STREAM_THRESHOLD
+
+    return STREAM_THRESHOLD
+
+
+def _with(args, **changes: Any):
+    out = args.copy()
+    for key, value in changes.items():
+        out[key] = str(value)
+    return out
+
+
+def _html_items(coll: Collection, query: Query, features: list[bytes], links, matched) -> Response:
+    from pygeoapi.util import render_j2_template
+
+    api = _state().core.api(base_url())
+    content = {
+        "type": "FeatureCollection",
+        "features": [orjson.loads(f) for f in features],
+        "links": links + [link(url(f"/collections/{coll.id}"), "collection", "text/html", coll.title)],
+        "numberMatched": matched.value if matched else None,
+        "numberReturned": len(features),
+        "title": coll.title,
+        "itemtype": "feature",
+        "items_path": url(f"/collections/{coll.id}/items"),
+        "dataset_path": url(f"/collections/{coll.id}"),
+        "collections_path": url("/collections"),
+        "offset": query.offset,
+        "id_field": coll.provider.schema.id_field,
+    }
+    html = render_j2_template(
+        api.tpl_config,
+        api.tpl_config["server"]["templates"],
+        "collections/items/index.html",
+        content,
+        "en-US",
+    )
+    return Response(html, mimetype="text/html")
+
+
+@blueprint.route("/collections/<cid>/items/<path:fid>", methods=["GET", "HEAD"])
+def item(cid: str, fid: str) -> Response:
+    coll = _collection(cid)
+    fmt = formats.negotiate(request, {"json", "geojson", "html"})
+    unknown = [k for k in request.args if k not in ("f", "crs", "properties", "skipGeometry", "lang")]
+    if unknown:
+        raise InvalidQuery(f"unknown query parameter {unknown[0][:60]!r}")
+    crs = parse_crs(request.args["crs"]) if request.args.get("crs") else CRS84
+    properties = None
+    if "properties" in request.args:
+        properties = [p.strip() for p in request.args["properties"].split(",") if p.strip()]
+        for name in properties:
+            coll.provider.schema.check_property(name)
+    skip = (request.args.get("skipGeometry") or "false").lower() == "true"
+    stored = coll.provider.get(fid, crs, properties, skip)
+    if request.if_none_match and request.if_none_match.contains(stored.etag.strip('"')):
+        return Response(status=304, headers={"ETag": stored.etag})
+    if fmt == "html":
+        return _html_item(coll, stored.body)
+    path = f"/collections/{cid}/items/{fid}"
+    links = [
+        link(url(path, {"f": "json"}), "self", MEDIA["json"], "this document"),
+        link(url(path, {"f": "html"}), "alternate", MEDIA["html"], "this document as HTML"),
+        link(url(f"/collections/{cid}", {"f": "json"}), "collection", "application/json", coll.title),
+    ]
+    body = stored.body[:-1] + b',"links":' + orjson.dumps(links) + b"}"
+    headers = {"ETag": stored.etag, "Link": link_header(links), **_crs_headers(crs)}
+    return Response(body, mimetype=MEDIA["json"], headers=headers)
+
+
+def _html_item(coll: Collection, body: bytes) -> Response:
+    from pygeoapi.util import render_j2_template
+
+    api = _state().core.api(base_url())
+    content = orjson.loads(body)
+    content.update(
+        {
+            "title": coll.title,
+            "id_field": coll.provider.schema.id_field,
+            "collections_path": url("/collections"),
+            "links": [link(url(f"/collections/{coll.id}/items"), "collection", "text/html", coll.title)],
+        }
+    )
+    html = render_j2_template(
+        api.tpl_config, api.tpl_config["server"]["templates"], "collections/items/item.html", content, "en-US"
+    )
+    return Response(html, mimetype="text/html")
+
+
+# -- OPTIONS: QGIS turns editing on from Allow -----------------------------------------------
+@blueprint.route("/collections/<cid>/items", methods=["OPTIONS"])
+def items_options(cid: str) -> Response:
+    coll = _collection(cid)
+    allow = READ_METHODS + (["POST"] if coll.editable else [])
+    return Response(status=204, headers={"Allow": ", ".join(allow)})
+
+
+@blueprint.route("/collections/<cid>/items/<path:fid>", methods=["OPTIONS"])
+def item_options(cid: str, fid: str) -> Response:
+    coll = _collection(cid)
+    allow = READ_METHODS + (["PUT", "PATCH", "DELETE"] if coll.editable else [])
+    return Response(status=204, headers={"Allow": ", ".join(allow)})
+
+
+# -- writes (Part 4) --------------------------------------------------------------------
+def _writable(cid: str) -> Collection:
+    coll = _collection(cid)
+    if not coll.editable:
+        raise ReadOnly(f"collection {cid!r} is read-only")
+    return coll
+
+
+def _body() -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        from werkzeug.exceptions import RequestEntityTooLarge
+
+        raise RequestEntityTooLarge(f"request bodies are limited to {MAX_BODY} bytes")
+    media = (request.mimetype or "").lower()
+    if media not in ("application/geo+json", "application/json", "application/merge-patch+json", ""):
+        raise InvalidQuery(f"Content-Type {media!r} is not GeoJSON")
+    try:
+        return orjson.loads(request.get_data())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidQuery(f"the body is not valid JSON: {exc}") from None
+
+
+def _content_crs():
+    raw = request.headers.get("Content-Crs")
+    if not raw:
+        return CRS84
+    return parse_crs(raw.strip().strip("<>"))
+
+
+@blueprint.route("/collections/<cid>/items", methods=["POST"])
+def create(cid: str) -> Response:
+    coll = _writable(cid)
+    body = _body()
+    if not isinstance(body, dict):
+        raise InvalidData("expected a GeoJSON Feature or FeatureCollection")
+    if body.get("type") == "FeatureCollection":
+        features = body.get("features")
+        if not isinstance(features, list) or not features:
+            raise InvalidData("'features' must be a non-empty array")
+    elif body.get("type") == "Feature":
+        features = [body]
+    else:
+        raise InvalidData("expected a GeoJSON Feature or FeatureCollection")
+    stored = coll.provider.create(features, _content_crs())
+    location = url(f"/collections/{cid}/items/{stored[0].id}")
+    if len(stored) == 1:
+        return Response(
+            stored[0].body,
+            status=201,
+            mimetype=MEDIA["json"],
+            headers={"Location": location, "ETag": stored[0].etag},
+        )
+    body_out = b"".join(
+        formats.feature_collection((s.body for s in stored), {}, {"numberReturned": len(stored)})
+    )
+    return Response(body_out, status=201, mimetype=MEDIA["json"], headers={"Location": location})
+
+
+@blueprint.route("/collections/<cid>/items/<path:fid>", methods=["PUT", "PATCH"])
+def replace_or_update(cid: str, fid: str) -> Response:
+    coll = _writable(cid)
+    body = _body()
+    if not isinstance(body, dict):
+        raise InvalidData("expected a GeoJSON Feature")
+    if request.method == "PUT" and body.get("type") not in (None, "Feature"):
+        raise InvalidData("expected a GeoJSON Feature")
+    if request.method == "PUT":
+        stored = coll.provider.replace(fid, body, _content_crs(), request.headers.get("If-Match"))
+    else:
+        stored = coll.provider.update(fid, body, _content_crs(), request.headers.get("If-Match"))
+    return Response(stored.body, status=200, mimetype=MEDIA["json"], headers={"ETag": stored.etag})
+
+
+@blueprint.route("/collections/<cid>/items/<path:fid>", methods=["DELETE"])
+def delete(cid: str, fid: str) -> Response:
+    coll = _writable(cid)
+    coll.provider.delete(fid, request.headers.get("If-Match"))
+    return Response(status=204)

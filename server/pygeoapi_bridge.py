@@ -1,0 +1,286 @@
+"""pygeoapi as geoharbor's core: its configuration, OpenAPI document and API objects.
+
+pygeoapi reads its configuration at import time (``pygeoapi.flask_app``) and builds
+absolute links from one configured URL. geoharbor instead generates pygeoapi's
+configuration from its own, here and only here, and keeps one pygeoapi ``API``
+object per public base URL so links follow the address the client used (or the
+configured public URL). The pygeoapi API functions then answer the landing page,
+conformance, collections, queryables and OpenAPI routes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import yaml
+
+from providers import pygeoapi_plugin
+from server import __version__
+from server.registry import Registry
+
+LOGGER = logging.getLogger(__name__)
+
+PLUGIN = "providers.pygeoapi_plugin.GeoharborProvider"
+
+#: Conformance classes geoharbor implements beyond what pygeoapi lists for features.
+EXTRA_CONFORMANCE = [
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/features-filter",
+    "http://www.opengis.net/spec/cql2/1.0/conf/cql2-json",
+    "http://www.opengis.net/spec/cql2/1.0/conf/advanced-comparison-operators",
+    "http://www.opengis.net/spec/cql2/1.0/conf/case-insensitive-comparison",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions-plus",
+    "http://www.opengis.net/spec/cql2/1.0/conf/spatial-functions",
+    "http://www.opengis.net/spec/cql2/1.0/conf/temporal-functions",
+    "http://www.opengis.net/spec/cql2/1.0/conf/arithmetic",
+    "http://www.opengis.net/spec/cql2/1.0/conf/property-property",
+    "http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/update",
+    "http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/features",
+    "http://www.opengis.net/spec/ogcapi-features-5/1.0/conf/queryables",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+]
+
+FILTER_LANGS = ["cql2-text", "cql2-json", "cql-text"]
+
+
+def pygeoapi_config(config: dict[str, Any], registry: Registry, base_url: str) -> dict[str, Any]:
+    """pygeoapi's configuration for our collections, with links under ``base_url``."""
+    server = config["server"]
+    resources: dict[str, Any] = {}
+    for coll in registry.collections.values():
+        schema = coll.provider.schema
+        extents: dict[str, Any] = {
+            "spatial": {
+                "bbox": list(schema.bbox or (-180.0, -90.0, 180.0, 90.0)),
+                "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84",
+            }
+        }
+        if schema.temporal and any(schema.temporal):
+            begin, end = schema.temporal
+            extents["temporal"] = {
+                "begin": begin.isoformat() if begin else None,
+                "end": end.isoformat() if end else None,
+            }
+        resources[coll.id] = {
+            "type": "collection",
+            "title": coll.title,
+            "description": coll.description,
+            "keywords": coll.keywords or [coll.source_type],
+            "links": [],
+            "extents": extents,
+            "providers": [
+                {
+                    "type": "feature",
+                    "name": PLUGIN,
+                    "data": coll.id,
+                    "id_field": schema.id_field,
+                    "time_field": schema.time_field,
+                    "editable": coll.editable,
+                    "crs": coll.crs,
+                    "storage_crs": coll.storage_crs,
+                }
+            ],
+        }
+    return {
+        "server": {
+            "bind": {"host": "127.0.0.1", "port": 5000},
+            "url": base_url,
+            "mimetype": "application/json; charset=UTF-8",
+            "encoding": "utf-8",
+            "language": "en-US",
+            "cors": False,  # geoharbor sets CORS headers itself, on every route
+            "pretty_print": False,
+            "limits": {
+                "default_items": server["limit_default"],
+                "max_items": server["limit_max"],
+                "on_exceed": "throttle",
+            },
+            "map": {
+                "url": "https://tile.openstreetmap.org/{z}/{x}/{y}.png",
+                "attribution": "&copy; OpenStreetMap contributors",
+            },
+        },
+        "logging": {"level": server["log_level"]},
+        "metadata": {
+            "identification": {
+                "title": server["title"],
+                "description": server["description"],
+                "keywords": ["geospatial", "ogcapi", "features"],
+                "keywords_type": "theme",
+                "terms_of_service": "",
+                "url": base_url,
+            },
+            "license": {"name": "CC-BY 4.0", "url": "https://creativecommons.org/licenses/by/4.0/"},
+            "provider": {"name": "geoharbor", "url": base_url},
+            "contact": {"name": server["title"], "url": base_url, "role": "pointOfContact"},
+        },
+        "resources": resources,
+    }
+
+
+def _patch_openapi(doc: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """Describe what geoharbor's own feature routes add to pygeoapi's document.
+
+    GDAL pushes ``-where`` to the server only when ``filter-lang`` lists ``cql-text``
+    and property filters only when the property is a documented query parameter.
+    """
+    params = doc.setdefault("components", {}).setdefault("parameters", {})
+    params["filter-lang"] = {
+        "name": "filter-lang",
+        "in": "query",
+        "description": "The language of `filter` (cql-text is accepted as cql2-text)",
+        "required": False,
+        "schema": {"type": "string", "enum": FILTER_LANGS, "default": "cql2-text"},
+        "style": "form",
+        "explode": False,
+    }
+    extra = {
+        "filter": {"type": "string"},
+        "filter-crs": {"type": "string", "format": "uri"},
+        "crs": {"type": "string", "format": "uri"},
+        "bbox-crs": {"type": "string", "format": "uri"},
+        "sortby": {"type": "string"},
+        "properties": {"type": "string"},
+        "skipGeometry": {"type": "boolean"},
+    }
+    for name, schema in extra.items():
+        params.setdefault(
+            name,
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": schema,
+                "style": "form",
+                "explode": False,
+            },
+        )
+    fparam = params.get("f")
+    if fparam and "enum" in fparam.get("schema", {}):
+        for fmt in ("geojson", "jsonl", "geojsonseq", "csv"):
+            if fmt not in fparam["schema"]["enum"]:
+                fparam["schema"]["enum"].append(fmt)
+    paths = doc.get("paths", {})
+    for coll in registry.collections.values():
+        items = paths.get(f"/collections/{coll.id}/items")
+        if items and "get" in items:
+            plist = items["get"].setdefault("parameters", [])
+            refs = {p.get("$ref") for p in plist if isinstance(p, dict)}
+            names = {p.get("name") for p in plist if isinstance(p, dict)}
+            for name in (
+                "filter",
+                "filter-lang",
+                "filter-crs",
+                "crs",
+                "bbox-crs",
+                "sortby",
+                "properties",
+                "skipGeometry",
+            ):
+                ref = f"#/components/parameters/{name}"
+                if ref not in refs and name not in names:
+                    plist.append({"$ref": ref})
+            for name, field in coll.provider.schema.fields.items():
+                if name not in names and f"#/components/parameters/{name}" not in refs:
+                    plist.append(
+                        {
+                            "name": name,
+                            "in": "query",
+                            "required": False,
+                            "schema": field.json_schema(),
+                            "style": "form",
+                            "explode": False,
+                        }
+                    )
+        item = paths.get(f"/collections/{coll.id}/items/{{featureId}}")
+        if item and coll.editable and "put" in item and "patch" not in item:
+            patch = copy.deepcopy(item["put"])
+            patch["summary"] = f"Update (part of) a {coll.title} feature"
+            patch["operationId"] = f"update{coll.id}Features"
+            body = patch.get("requestBody", {}).get("content", {})
+            if body:
+                schema = next(iter(body.values()))
+                patch["requestBody"]["content"] = {
+                    "application/merge-patch+json": schema,
+                    "application/geo+json": schema,
+                }
+            item["patch"] = patch
+    return doc
+
+
+class PygeoapiCore:
+    """pygeoapi ``API`` objects, one per public base URL, and the OpenAPI document."""
+
+    MAX_BASES = 16
+
+    def __init__(self, config: dict[str, Any], registry: Registry) -> None:
+        self.config = config
+        self.registry = registry
+        pygeoapi_plugin.ACTIVE.clear()
+        pygeoapi_plugin.ACTIVE.update({c.id: c.provider for c in registry.collections.values()})
+        _register_conformance()
+        self._apis: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._write_env_files()
+
+    def _write_env_files(self) -> None:
+        """Point pygeoapi's environment at a generated config, for code that reads it."""
+        directory = tempfile.mkdtemp(prefix="geoharbor-pygeoapi-")
+        path = os.path.join(directory, "pygeoapi-config.yml")
+        base = self.config["server"]["url"] or "http://localhost:5000"
+        with open(path, "w", encoding="utf-8") as fh:
+            yaml.safe_dump(pygeoapi_config(self.config, self.registry, base), fh, sort_keys=False)
+        os.environ["PYGEOAPI_CONFIG"] = path
+        os.environ["PYGEOAPI_OPENAPI"] = os.path.join(directory, "pygeoapi-openapi.yml")
+
+    def openapi(self, base_url: str) -> dict[str, Any]:
+        """The OpenAPI document served at ``/openapi``, with servers under ``base_url``."""
+        from pygeoapi.openapi import get_oas
+
+        doc = get_oas(pygeoapi_config(self.config, self.registry, base_url), fail_on_invalid_collection=False)
+        doc["info"]["version"] = __version__
+        doc["info"]["x-geoharbor"] = "generated by pygeoapi, extended by geoharbor"
+        return _patch_openapi(doc, self.registry)
+
+    def api(self, base_url: str) -> Any:
+        """The pygeoapi API object whose links start with ``base_url``."""
+        from pygeoapi.api import API
+
+        with self._lock:
+            found = self._apis.get(base_url)
+            if found is not None:
+                self._apis.move_to_end(base_url)
+                return found
+        cfg = pygeoapi_config(self.config, self.registry, base_url)
+        api = API(cfg, self.openapi(base_url))
+        with self._lock:
+            self._apis[base_url] = api
+            while len(self._apis) > self.MAX_BASES:
+                self._apis.popitem(last=False)
+        return api
+
+
+_CONFORMANCE_DONE = False
+
+
+def _register_conformance() -> None:
+    """Add the classes geoharbor's feature routes implement to pygeoapi's list, once."""
+    global _CONFORMANCE_DONE
+    if _CONFORMANCE_DONE:
+        return
+    import pygeoapi.api.itemtypes as itemtypes
+
+    for uri in EXTRA_CONFORMANCE:
+        if uri not in itemtypes.CONFORMANCE_CLASSES_FEATURES:
+            itemtypes.CONFORMANCE_CLASSES_FEATURES.append(uri)
+    _CONFORMANCE_DONE = True
+
+
+__all__ = ["PygeoapiCore", "pygeoapi_config", "LOGGER"]
