@@ -54,6 +54,8 @@ LOGGER = logging.getLogger(__name__)
 #: Pages up to this size are fetched at once; larger ones stream through a cursor.
 STREAM_THRESHOLD = 2000
 STREAM_BATCH = 1000
+#: Tables with more rows than this report the planner's estimated extent.
+ESTIMATED_EXTENT_ABOVE = 1_000_000
 #: json_build_object takes at most 100 arguments: 50 key/value pairs per call.
 PAIRS_PER_CALL = 50
 
@@ -341,28 +343,32 @@ def compute_extents(db: PostGISDatabase, ref: TableRef, schema: CollectionSchema
             geom = sql.Identifier(schema.geometry_field)
             srid = sql.Literal(schema.storage_crs.srid)
             box = None
-            try:
-                box = conn.execute(
-                    sql.SQL(
-                        "SELECT ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b) FROM ("
-                        "SELECT ST_Transform(ST_SetSRID(ST_EstimatedExtent({}, {}, {})::geometry, {}),"
-                        " 4326) AS b) s"
-                    ).format(
-                        sql.Literal(ref.schema),
-                        sql.Literal(ref.table),
-                        sql.Literal(schema.geometry_field),
-                        srid,
-                    )
-                ).fetchone()
-            except psycopg.Error:
-                conn.rollback()
+            rows = conn.execute(
+                "SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (table.as_string(conn),)
+            ).fetchone()
+            if rows and rows[0] >= ESTIMATED_EXTENT_ABOVE:
+                # Exact extents of big tables take a full scan: the planner's is close enough.
+                try:
+                    box = conn.execute(
+                        sql.SQL(
+                            "SELECT ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b) FROM ("
+                            "SELECT ST_Transform(ST_SetSRID(ST_EstimatedExtent({}, {}, {})::geometry, {}),"
+                            " 4326) AS b) s"
+                        ).format(
+                            sql.Literal(ref.schema),
+                            sql.Literal(ref.table),
+                            sql.Literal(schema.geometry_field),
+                            srid,
+                        )
+                    ).fetchone()
+                except psycopg.Error:
+                    conn.rollback()
             if not box or box[0] is None:
                 box = conn.execute(
                     sql.SQL(
                         "SELECT ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b) FROM ("
-                        "SELECT ST_Transform(ST_SetSRID(ST_Extent({})::geometry, {}), 4326) AS b "
-                        "FROM {}) s"
-                    ).format(geom, srid, table)
+                        "SELECT ST_Extent(ST_Transform({}, 4326))::geometry AS b FROM {}) s"
+                    ).format(geom, table)
                 ).fetchone()
             if box and box[0] is not None:
                 schema.bbox = (max(-180.0, box[0]), max(-90.0, box[1]), min(180.0, box[2]), min(90.0, box[3]))

@@ -42,13 +42,15 @@ def serve(args: argparse.Namespace) -> int:
         "graceful_timeout": 30,
         "accesslog": "-" if args.access_log else None,
         "worker_class": "gthread" if server["threads"] > 1 else "sync",
+        # One shared control socket path would make several servers on a host collide.
+        "control_socket_disable": True,
     }
     os.environ["GEOHARBOR_CONFIG"] = str(Path(path).resolve())
 
     class Server(BaseApplication):
         def load_config(self) -> None:
             for key, value in options.items():
-                if value is not None:
+                if value is not None and key in self.cfg.settings:
                     self.cfg.set(key, value)
 
         def load(self):

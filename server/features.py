@@ -39,7 +39,7 @@ def _crs_headers(crs) -> dict[str, str]:
 
 
 # -- reads ------------------------------------------------------------------------------
-@blueprint.route("/collections/<cid>/items", methods=["GET", "HEAD"])
+@blueprint.route("/collections/<cid>/items", methods=["GET", "HEAD"], provide_automatic_options=False)
 def items(cid: str) -> Response:
     coll = _collection(cid)
     fmt = formats.negotiate(request)
@@ -171,12 +171,12 @@ def _html_items(coll: Collection, query: Query, features: list[bytes], links, ma
         api.tpl_config["server"]["templates"],
         "collections/items/index.html",
         content,
-        "en-US",
+        api.default_locale,
     )
     return Response(html, mimetype="text/html")
 
 
-@blueprint.route("/collections/<cid>/items/<path:fid>", methods=["GET", "HEAD"])
+@blueprint.route("/collections/<cid>/items/<path:fid>", methods=["GET", "HEAD"], provide_automatic_options=False)
 def item(cid: str, fid: str) -> Response:
     coll = _collection(cid)
     fmt = formats.negotiate(request, {"json", "geojson", "html"})
@@ -220,7 +220,7 @@ def _html_item(coll: Collection, body: bytes) -> Response:
         }
     )
     html = render_j2_template(
-        api.tpl_config, api.tpl_config["server"]["templates"], "collections/items/item.html", content, "en-US"
+        api.tpl_config, api.tpl_config["server"]["templates"], "collections/items/item.html", content, api.default_locale
     )
     return Response(html, mimetype="text/html")
 
@@ -269,7 +269,7 @@ def _content_crs():
     return parse_crs(raw.strip().strip("<>"))
 
 
-@blueprint.route("/collections/<cid>/items", methods=["POST"])
+@blueprint.route("/collections/<cid>/items", methods=["POST"], provide_automatic_options=False)
 def create(cid: str) -> Response:
     coll = _writable(cid)
     body = _body()
@@ -298,7 +298,7 @@ def create(cid: str) -> Response:
     return Response(body_out, status=201, mimetype=MEDIA["json"], headers={"Location": location})
 
 
-@blueprint.route("/collections/<cid>/items/<path:fid>", methods=["PUT", "PATCH"])
+@blueprint.route("/collections/<cid>/items/<path:fid>", methods=["PUT", "PATCH"], provide_automatic_options=False)
 def replace_or_update(cid: str, fid: str) -> Response:
     coll = _writable(cid)
     body = _body()
@@ -313,7 +313,7 @@ def replace_or_update(cid: str, fid: str) -> Response:
     return Response(stored.body, status=200, mimetype=MEDIA["json"], headers={"ETag": stored.etag})
 
 
-@blueprint.route("/collections/<cid>/items/<path:fid>", methods=["DELETE"])
+@blueprint.route("/collections/<cid>/items/<path:fid>", methods=["DELETE"], provide_automatic_options=False)
 def delete(cid: str, fid: str) -> Response:
     coll = _writable(cid)
     coll.provider.delete(fid, request.headers.get("If-Match"))

@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from providers.geopackage import GeoPackage, GeoPackageProvider
 
 from providers.base import FeatureProvider
 from providers.crs import CRS84_URI, crs_uri, epsg_uri, parse_crs
@@ -50,7 +49,7 @@ class Registry:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
-        self.sources: dict[str, PostGISDatabase | GeoPackage] = {}
+        self.sources: dict[str, Any] = {}  # PostGISDatabase or GeoPackage, by source name
         self.source_errors: dict[str, str] = {}
         self.collections: dict[str, Collection] = {}
         self._open_sources()
@@ -69,6 +68,8 @@ class Registry:
                     statement_timeout_ms=spec.get("statement_timeout_ms", 30_000),
                 )
             else:
+                from providers.geopackage import GeoPackage
+
                 self.sources[name] = GeoPackage(spec["path"])
 
     def _crs_list(self, storage_srid: int, extra: list[Any]) -> list[str]:
@@ -105,6 +106,8 @@ class Registry:
                 exact_count_below=spec.get("exact_count_below", 100_000),
             )
         else:
+            from providers.geopackage import GeoPackageProvider
+
             layer = options["layer"]
             schema = source.describe(layer, **describe)
             source.compute_extents(layer, schema)
