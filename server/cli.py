@@ -44,6 +44,8 @@ def serve(args: argparse.Namespace) -> int:
         "worker_class": "gthread" if server["threads"] > 1 else "sync",
         # One shared control socket path would make several servers on a host collide.
         "control_socket_disable": True,
+        # CQL2 filters with polygons make long URLs; 8190 is gunicorn's largest finite limit.
+        "limit_request_line": 8190,
     }
     os.environ["GEOHARBOR_CONFIG"] = str(Path(path).resolve())
 

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 from providers.base import Query
 from providers.crs import CRS84, parse_crs
 from providers.errors import InvalidData, InvalidQuery, ReadOnly
+from providers.filters import parse_cql2
 from server import formats
 from server.links import MEDIA, base_url, link, link_header, url
 from server.params import items_query
@@ -41,6 +42,11 @@ def _crs_headers(crs) -> dict[str, str]:
 # -- reads ------------------------------------------------------------------------------
 @blueprint.route("/collections/<cid>/items", methods=["GET", "HEAD"], provide_automatic_options=False)
 def items(cid: str) -> Response:
+    return _items(cid)
+
+
+def _items(cid: str, filter_body: Any = None) -> Response:
+    """A page of features; ``filter_body`` is a CQL2 JSON filter POSTed instead of ``filter``."""
     coll = _collection(cid)
     fmt = formats.negotiate(request)
     server = current_app.config["GEOHARBOR"]["server"]
@@ -49,6 +55,7 @@ def items(cid: str) -> Response:
         coll.provider.schema,
         limit_default=server["limit_default"],
         limit_max=server["limit_max"],
+        filter_body=filter_body,
     )
     if fmt == "csv":
         header, rows = coll.provider.records(query, "wkt")
@@ -176,7 +183,9 @@ def _html_items(coll: Collection, query: Query, features: list[bytes], links, ma
     return Response(html, mimetype="text/html")
 
 
-@blueprint.route("/collections/<cid>/items/<path:fid>", methods=["GET", "HEAD"], provide_automatic_options=False)
+@blueprint.route(
+    "/collections/<cid>/items/<path:fid>", methods=["GET", "HEAD"], provide_automatic_options=False
+)
 def item(cid: str, fid: str) -> Response:
     coll = _collection(cid)
     fmt = formats.negotiate(request, {"json", "geojson", "html"})
@@ -220,7 +229,11 @@ def _html_item(coll: Collection, body: bytes) -> Response:
         }
     )
     html = render_j2_template(
-        api.tpl_config, api.tpl_config["server"]["templates"], "collections/items/item.html", content, api.default_locale
+        api.tpl_config,
+        api.tpl_config["server"]["templates"],
+        "collections/items/item.html",
+        content,
+        api.default_locale,
     )
     return Response(html, mimetype="text/html")
 
@@ -253,9 +266,7 @@ def _body() -> Any:
         from werkzeug.exceptions import RequestEntityTooLarge
 
         raise RequestEntityTooLarge(f"request bodies are limited to {MAX_BODY} bytes")
-    media = (request.mimetype or "").lower()
-    if media not in ("application/geo+json", "application/json", "application/merge-patch+json", ""):
-        raise InvalidQuery(f"Content-Type {media!r} is not GeoJSON")
+    # The body is read as JSON whatever the declared type: OWSLib posts JSON strings as text/xml.
     try:
         return orjson.loads(request.get_data())
     except orjson.JSONDecodeError as exc:
@@ -271,8 +282,11 @@ def _content_crs():
 
 @blueprint.route("/collections/<cid>/items", methods=["POST"], provide_automatic_options=False)
 def create(cid: str) -> Response:
-    coll = _writable(cid)
     body = _body()
+    if request.mimetype == "application/query-cql-json" or (isinstance(body, dict) and "op" in body):
+        # A CQL2 JSON filter POSTed to items is a query (Part 3), not a new feature.
+        return _items(cid, parse_cql2(orjson.dumps(body).decode(), "cql2-json"))
+    coll = _writable(cid)
     if not isinstance(body, dict):
         raise InvalidData("expected a GeoJSON Feature or FeatureCollection")
     if body.get("type") == "FeatureCollection":
@@ -298,7 +312,9 @@ def create(cid: str) -> Response:
     return Response(body_out, status=201, mimetype=MEDIA["json"], headers={"Location": location})
 
 
-@blueprint.route("/collections/<cid>/items/<path:fid>", methods=["PUT", "PATCH"], provide_automatic_options=False)
+@blueprint.route(
+    "/collections/<cid>/items/<path:fid>", methods=["PUT", "PATCH"], provide_automatic_options=False
+)
 def replace_or_update(cid: str, fid: str) -> Response:
     coll = _writable(cid)
     body = _body()

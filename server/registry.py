@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from providers.base import FeatureProvider
 from providers.crs import CRS84_URI, crs_uri, epsg_uri, parse_crs
 from providers.errors import NotFound

@@ -98,8 +98,21 @@ def pg_url() -> str:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION postgis")
     subprocess.run(
-        ["ogr2ogr", "-f", "PostgreSQL", f"PG:{_libpq(url)}", str(natural_earth_countries()),
-         "-nln", "countries", "-nlt", "PROMOTE_TO_MULTI", "-lco", "GEOMETRY_NAME=geom", "-lco", "FID=id"],
+        [
+            "ogr2ogr",
+            "-f",
+            "PostgreSQL",
+            f"PG:{_libpq(url)}",
+            str(natural_earth_countries()),
+            "-nln",
+            "countries",
+            "-nlt",
+            "PROMOTE_TO_MULTI",
+            "-lco",
+            "GEOMETRY_NAME=geom",
+            "-lco",
+            "FID=id",
+        ],
         check=True,
     )
     with psycopg.connect(url, autocommit=True) as conn:
@@ -124,8 +137,20 @@ def gpkg_path(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("countries_3857", []),
     ):
         subprocess.run(
-            ["ogr2ogr", "-f", "GPKG", str(path), f"PG:{_libpq(pg_url)}", table, "-nln", table,
-             *(["-update"] if path.exists() else []), "-lco", "FID=id", *extra],
+            [
+                "ogr2ogr",
+                "-f",
+                "GPKG",
+                str(path),
+                f"PG:{_libpq(pg_url)}",
+                table,
+                "-nln",
+                table,
+                *(["-update"] if path.exists() else []),
+                "-lco",
+                "FID=id",
+                *extra,
+            ],
             check=True,
         )
     return path
@@ -134,10 +159,14 @@ def gpkg_path(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server_config(pg_url: str, gpkg_path: Path, port: int) -> dict:
     """Collections over both backends; ids carry dots and dashes on purpose."""
     collections = {}
-    for prefix, source, key in (("pg", "pg", "table"), ("gpkg", "gpkg", "layer"))[:1 if TMP_NO_GPKG else 2]:
+    for prefix, source, key in (("pg", "pg", "table"), ("gpkg", "gpkg", "layer"))[: 1 if TMP_NO_GPKG else 2]:
         collections[f"{prefix}-countries"] = {"source": source, key: "countries", "title": "Countries"}
-        collections[f"{prefix}.points"] = {"source": source, key: "country_points", "editable": True,
-                                           "title": "Country points"}
+        collections[f"{prefix}.points"] = {
+            "source": source,
+            key: "country_points",
+            "editable": True,
+            "title": "Country points",
+        }
         collections[f"{prefix}_l93"] = {"source": source, key: "countries_l93"}
         collections[f"{prefix}_3857"] = {"source": source, key: "countries_3857"}
     collections["pg_codes"] = {"source": "pg", "table": "Mixed Schema.Country Codes", "editable": True}
@@ -163,8 +192,11 @@ class Server:
         self.url = "http://" + config["server"]["bind"]
         self.log = open(workdir / "server.log", "w+b")  # noqa: SIM115 - closed in stop()
         exe = shutil.which("geoharbor", path=str(Path(sys.executable).parent)) or "geoharbor"
-        self.process = subprocess.Popen([exe, "serve", "-c", str(self.config_path)], stdout=self.log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [exe, "serve", "-c", str(self.config_path), "--access-log"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -47,9 +47,15 @@ def test_landing_page_links(base):
 
 def test_conformance_lists_parts(base):
     classes = get(base, "/conformance").json()["conformsTo"]
-    for suffix in ("features-1/1.0/conf/core", "features-2/1.0/conf/crs", "features-3/1.0/conf/filter",
-                   "features-3/1.0/conf/features-filter", "cql2/1.0/conf/cql2-text", "cql2/1.0/conf/basic-cql2",
-                   "features-4/1.0/conf/create-replace-delete"):
+    for suffix in (
+        "features-1/1.0/conf/core",
+        "features-2/1.0/conf/crs",
+        "features-3/1.0/conf/filter",
+        "features-3/1.0/conf/features-filter",
+        "cql2/1.0/conf/cql2-text",
+        "cql2/1.0/conf/basic-cql2",
+        "features-4/1.0/conf/create-replace-delete",
+    ):
         assert any(c.endswith(suffix) for c in classes), suffix
 
 
@@ -139,13 +145,21 @@ def test_bbox(base, backend):
 
 def test_bbox_crs_axis_order(base, backend):
     # EPSG:4326 is latitude first: the same box as "2,46,3,47" in CRS84.
-    fc = items(base, f"{backend}-countries", bbox="46,2,47,3",
-               **{"bbox-crs": "http://www.opengis.net/def/crs/EPSG/0/4326"})
+    fc = items(
+        base,
+        f"{backend}-countries",
+        bbox="46,2,47,3",
+        **{"bbox-crs": "http://www.opengis.net/def/crs/EPSG/0/4326"},
+    )
     assert names(fc) == ["France"]
     x0, y0 = Transformer.from_crs(4326, 3857, always_xy=True).transform(2, 46)
     x1, y1 = Transformer.from_crs(4326, 3857, always_xy=True).transform(3, 47)
-    fc = items(base, f"{backend}-countries", bbox=f"{x0},{y0},{x1},{y1}",
-               **{"bbox-crs": "http://www.opengis.net/def/crs/EPSG/0/3857"})
+    fc = items(
+        base,
+        f"{backend}-countries",
+        bbox=f"{x0},{y0},{x1},{y1}",
+        **{"bbox-crs": "http://www.opengis.net/def/crs/EPSG/0/3857"},
+    )
     assert names(fc) == ["France"]
 
 
@@ -162,13 +176,19 @@ def test_bad_bbox_400(base, backend, bbox):
 def test_output_crs(base, backend):
     plain = items(base, f"{backend}.points", name="France")["features"][0]
     lon, lat = plain["geometry"]["coordinates"]
-    response = get(base, f"/collections/{backend}.points/items", name="France",
-                   crs="http://www.opengis.net/def/crs/EPSG/0/3857")
+    response = get(
+        base,
+        f"/collections/{backend}.points/items",
+        name="France",
+        crs="http://www.opengis.net/def/crs/EPSG/0/3857",
+    )
     assert response.headers["Content-Crs"] == "<http://www.opengis.net/def/crs/EPSG/0/3857>"
     x, y = response.json()["features"][0]["geometry"]["coordinates"]
     ex, ey = Transformer.from_crs(4326, 3857, always_xy=True).transform(lon, lat)
     assert x == pytest.approx(ex, abs=0.01) and y == pytest.approx(ey, abs=0.01)
-    swapped = items(base, f"{backend}.points", name="France", crs="http://www.opengis.net/def/crs/EPSG/0/4326")
+    swapped = items(
+        base, f"{backend}.points", name="France", crs="http://www.opengis.net/def/crs/EPSG/0/4326"
+    )
     assert swapped["features"][0]["geometry"]["coordinates"] == pytest.approx([lat, lon])
     one = get(base, f"/collections/{backend}.points/items/{plain['id']}", crs="EPSG:2154").json()
     ex, ey = Transformer.from_crs(4326, 2154, always_xy=True).transform(lon, lat)
@@ -207,7 +227,9 @@ def test_datetime(base, backend):
     open_end = items(base, f"{backend}-countries", datetime="2020-06-24T00:00:00Z/..", limit=500)
     assert sorted(f["id"] for f in open_end["features"]) == list(range(175, 178))
     assert_ogc_error(get(base, f"/collections/{backend}-countries/items", datetime="yesterday"), 400)
-    assert_ogc_error(get(base, f"/collections/{backend}-countries/items", datetime="2021-01-01/2020-01-01"), 400)
+    assert_ogc_error(
+        get(base, f"/collections/{backend}-countries/items", datetime="2021-01-01/2020-01-01"), 400
+    )
 
 
 def test_property_equality(base, backend):
@@ -234,11 +256,21 @@ def test_properties_and_skip_geometry(base, backend):
     assert empty["features"][0]["properties"] == {}
 
 
-@pytest.mark.parametrize("params", [
-    {"sortby": "nope"}, {"properties": "name,nope"}, {"nope": "1"}, {"skipGeometry": "maybe"},
-    {"filter": "nope = 1"}, {"filter": "name = "}, {"filter": "name LIKE"}, {"f": "xml"},
-    {"filter-lang": "sql", "filter": "name = 'France'"}, {"filter": "pop_est = 'abc'"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"sortby": "nope"},
+        {"properties": "name,nope"},
+        {"nope": "1"},
+        {"skipGeometry": "maybe"},
+        {"filter": "nope = 1"},
+        {"filter": "name = "},
+        {"filter": "name LIKE"},
+        {"f": "xml"},
+        {"filter-lang": "sql", "filter": "name = 'France'"},
+        {"filter": "pop_est = 'abc'"},
+    ],
+)
 def test_bad_parameters_400(base, backend, params):
     assert_ogc_error(get(base, f"/collections/{backend}-countries/items", **params), 400)
 
@@ -276,20 +308,34 @@ def test_cql2_text(base, backend, text, expected):
 
 
 def test_cql_text_alias_and_cql2_json(base, backend):
-    fc = items(base, f"{backend}-countries", filter="(pop_est >= 1000000000) AND (continent = 'Asia')",
-               **{"filter-lang": "cql-text"})
+    fc = items(
+        base,
+        f"{backend}-countries",
+        filter="(pop_est >= 1000000000) AND (continent = 'Asia')",
+        **{"filter-lang": "cql-text"},
+    )
     assert set(names(fc)) == {"China", "India"}
-    tree = {"op": "and", "args": [
-        {"op": "s_intersects", "args": [{"property": "geom"}, {"bbox": [5.9, 45.8, 10.5, 47.8]}]},
-        {"op": "in", "args": [{"property": "iso_a3"}, ["CHE", "AUT"]]}]}
-    fc = items(base, f"{backend}-countries", filter=orjson.dumps(tree).decode(), **{"filter-lang": "cql2-json"})
+    tree = {
+        "op": "and",
+        "args": [
+            {"op": "s_intersects", "args": [{"property": "geom"}, {"bbox": [5.9, 45.8, 10.5, 47.8]}]},
+            {"op": "in", "args": [{"property": "iso_a3"}, ["CHE", "AUT"]]},
+        ],
+    }
+    fc = items(
+        base, f"{backend}-countries", filter=orjson.dumps(tree).decode(), **{"filter-lang": "cql2-json"}
+    )
     assert set(names(fc)) == {"Switzerland", "Austria"}
 
 
 def test_filter_crs(base, backend):
     # A point in Paris given in EPSG:3857.
-    fc = items(base, f"{backend}-countries", filter="S_INTERSECTS(geom, POINT(261600 6250000))",
-               **{"filter-crs": "http://www.opengis.net/def/crs/EPSG/0/3857"})
+    fc = items(
+        base,
+        f"{backend}-countries",
+        filter="S_INTERSECTS(geom, POINT(261600 6250000))",
+        **{"filter-crs": "http://www.opengis.net/def/crs/EPSG/0/3857"},
+    )
     assert names(fc) == ["France"]
 
 
@@ -318,10 +364,16 @@ def test_unknown_item_404(base, backend, fid):
 
 
 def test_html_pages(base, backend):
-    for path in ("/", "/collections", f"/collections/{backend}-countries", f"/collections/{backend}-countries/items",
-                 f"/collections/{backend}-countries/items/1"):
-        response = requests.get(base + path, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"},
-                                timeout=30)
+    for path in (
+        "/",
+        "/collections",
+        f"/collections/{backend}-countries",
+        f"/collections/{backend}-countries/items",
+        f"/collections/{backend}-countries/items/1",
+    ):
+        response = requests.get(
+            base + path, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}, timeout=30
+        )
         assert response.status_code == 200, path
         assert response.headers["Content-Type"].startswith("text/html"), path
         assert "<html" in response.text.lower()
@@ -342,8 +394,9 @@ def test_jsonl_geojsonseq_csv(base, backend):
 
 
 def test_large_response_streams(base, backend):
-    response = requests.get(f"{base}/collections/{backend}-countries/items", params={"limit": 5000},
-                            stream=True, timeout=30)
+    response = requests.get(
+        f"{base}/collections/{backend}-countries/items", params={"limit": 5000}, stream=True, timeout=30
+    )
     assert response.headers.get("Transfer-Encoding") == "chunked"
     fc = orjson.loads(response.content)
     assert fc["numberReturned"] == N_COUNTRIES and len(fc["features"]) == N_COUNTRIES
@@ -357,6 +410,7 @@ def test_options_allow(base, backend):
 
 
 def test_cors(base, backend):
-    response = requests.get(f"{base}/collections/{backend}-countries/items", headers={"Origin": "http://map.example"},
-                            timeout=30)
+    response = requests.get(
+        f"{base}/collections/{backend}-countries/items", headers={"Origin": "http://map.example"}, timeout=30
+    )
     assert response.headers["Access-Control-Allow-Origin"] == "*"
