@@ -29,10 +29,7 @@ class State:
 
 def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
     """Build the app from a validated config dict or the path of a YAML config file."""
-    if not isinstance(config, dict):
-        config = config_module.load(config)
-    elif "server" not in config or "sources" not in config:
-        config = config_module.validate(config)
+    config = config_module.validate(config) if isinstance(config, dict) else config_module.load(config)
     logging.basicConfig(
         level=config["server"]["log_level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
