@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get("GEOHARBOR_TEST_ADMIN_URL", "postgresql:///postgres")
 TEST_DB = os.environ.get("GEOHARBOR_TEST_DB", "geoharbor_test")
 BACKENDS = ["postgis", "geopackage"]
-TMP_NO_GPKG = not (ROOT / "providers" / "geopackage.py").exists()
 
 # Tables derived from Natural Earth that exercise what the providers must handle.
 DERIVED_SQL = """
@@ -45,18 +44,21 @@ CREATE SEQUENCE country_points_id_seq OWNED BY country_points.id;
 SELECT setval('country_points_id_seq', (SELECT max(id) FROM country_points));
 ALTER TABLE country_points ALTER COLUMN id SET DEFAULT nextval('country_points_id_seq');
 CREATE INDEX ON country_points USING gist (geom);
-INSERT INTO country_points (name, iso_a3, continent, pop_est, geom) VALUES ('Nowhere', '-99', 'None', 0, NULL);
+INSERT INTO country_points (name, iso_a3, continent, pop_est, geom)
+  VALUES ('Nowhere', '-99', 'None', 0, NULL);
 
 CREATE TABLE countries_l93 AS
   SELECT id, name, iso_a3, ST_Transform(geom, 2154)::geometry(MultiPolygon, 2154) AS geom
   FROM countries
-  WHERE name IN ('France', 'Belgium', 'Luxembourg', 'Switzerland', 'Spain', 'Germany', 'Italy', 'Netherlands');
+  WHERE name IN ('France', 'Belgium', 'Luxembourg', 'Switzerland', 'Spain', 'Germany', 'Italy',
+                 'Netherlands');
 ALTER TABLE countries_l93 ADD PRIMARY KEY (id);
 CREATE INDEX ON countries_l93 USING gist (geom);
 
 CREATE TABLE countries_3857 AS
   SELECT id, name, iso_a3,
-         ST_Transform(ST_Intersection(geom, ST_MakeEnvelope(-180, -85, 180, 85, 4326)), 3857)::geometry(Geometry, 3857) AS geom
+         ST_Transform(ST_Intersection(geom, ST_MakeEnvelope(-180, -85, 180, 85, 4326)), 3857)
+           ::geometry(Geometry, 3857) AS geom
   FROM countries;
 ALTER TABLE countries_3857 ADD PRIMARY KEY (id);
 
@@ -149,6 +151,7 @@ def gpkg_path(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
                 *(["-update"] if path.exists() else []),
                 "-lco",
                 "FID=id",
+                "-preserve_fid",
                 *extra,
             ],
             check=True,
@@ -159,7 +162,7 @@ def gpkg_path(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server_config(pg_url: str, gpkg_path: Path, port: int) -> dict:
     """Collections over both backends; ids carry dots and dashes on purpose."""
     collections = {}
-    for prefix, source, key in (("pg", "pg", "table"), ("gpkg", "gpkg", "layer"))[: 1 if TMP_NO_GPKG else 2]:
+    for prefix, source, key in (("pg", "pg", "table"), ("gpkg", "gpkg", "layer")):
         collections[f"{prefix}-countries"] = {"source": source, key: "countries", "title": "Countries"}
         collections[f"{prefix}.points"] = {
             "source": source,
@@ -177,7 +180,7 @@ def server_config(pg_url: str, gpkg_path: Path, port: int) -> dict:
         "server": {"bind": f"127.0.0.1:{port}", "workers": 2, "log_level": "WARNING", "limit_max": 100000},
         "sources": {
             "pg": {"type": "postgis", "url": pg_url, "pool_max": 4},
-            **({} if TMP_NO_GPKG else {"gpkg": {"type": "geopackage", "path": str(gpkg_path)}}),
+            "gpkg": {"type": "geopackage", "path": str(gpkg_path)},
         },
         "collections": collections,
     }
@@ -202,9 +205,9 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited:\n{self.output()}")
             try:
-                if requests.get(self.url + "/health", timeout=2).status_code in (200, 503):
+                if requests.get(self.url + "/health", timeout=10).status_code in (200, 503):
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.2)
         raise RuntimeError(f"server did not start:\n{self.output()}")
 

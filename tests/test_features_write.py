@@ -134,7 +134,8 @@ def test_batch_is_all_or_nothing(base, backend):
         ("{not json", 400),
         ('{"type": "Feature", "geometry": {"type": "Point", "coordinates": "x"}, "properties": {}}', 422),
         (
-            '{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0,0],[1,0],[1,1],[0,0]]]}, '
+            '{"type": "Feature", "geometry": {"type": "Polygon", '
+            '"coordinates": [[[0,0],[1,0],[1,1],[0,0]]]}, '
             '"properties": {}}',
             422,
         ),
@@ -220,3 +221,33 @@ def test_view_and_chosen_geometry_column(base):
     centres = requests.get(f"{base}/collections/pg_centres/items", params={"limit": 1}, timeout=30).json()
     assert centres["features"][0]["geometry"]["type"] == "Point"
     assert "geom" not in centres["features"][0]["properties"]
+
+
+def test_geopackage_stays_valid_for_gdal_after_writes(base, gpkg_path):
+    import sqlite3
+    import subprocess
+
+    created = create(base, "gpkg", point("Validity check", 10.75, 59.91))
+    moved = requests.patch(
+        created.headers["Location"],
+        json={"geometry": {"type": "Point", "coordinates": [5, 60]}},
+        headers=GEOJSON,
+        timeout=30,
+    )
+    assert moved.status_code == 200
+    matched = requests.get(url(base, "gpkg"), params={"limit": 1}, timeout=30).json()["numberMatched"]
+    info = subprocess.run(
+        ["ogrinfo", "-ro", "-so", str(gpkg_path), "country_points"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"Feature Count: {matched}" in info
+    with sqlite3.connect(gpkg_path) as conn:
+        assert conn.execute("SELECT rtreecheck('rtree_country_points_geom')").fetchone()[0] == "ok"
+        fid = int(created.headers["Location"].rsplit("/", 1)[1])
+        box = conn.execute(
+            "SELECT minx, maxx, miny, maxy FROM rtree_country_points_geom WHERE id = ?", (fid,)
+        ).fetchone()
+    assert box == pytest.approx((5, 5, 60, 60), abs=1e-4)  # the R-tree follows the moved point
+    assert requests.delete(created.headers["Location"], timeout=30).status_code == 204

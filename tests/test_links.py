@@ -8,11 +8,13 @@ from server.app import create_app
 
 
 def app_for(pg_url: str, **server) -> object:
-    return create_app({
-        "server": {"log_level": "WARNING", **server},
-        "sources": {"pg": {"type": "postgis", "url": pg_url}},
-        "collections": {"countries": {"source": "pg", "table": "countries"}},
-    })
+    return create_app(
+        {
+            "server": {"log_level": "WARNING", **server},
+            "sources": {"pg": {"type": "postgis", "url": pg_url}},
+            "collections": {"countries": {"source": "pg", "table": "countries"}},
+        }
+    )
 
 
 def hrefs(body: dict) -> list[str]:
@@ -42,14 +44,19 @@ def test_configured_public_url_wins(pg_url):
 
 def test_forwarded_headers_when_trusted(pg_url):
     client = app_for(pg_url, trust_proxy_headers=True).test_client()
-    headers = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "maps.example.org",
-               "X-Forwarded-Prefix": "/geoharbor"}
+    headers = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "maps.example.org",
+        "X-Forwarded-Prefix": "/geoharbor",
+    }
     body = client.get("/collections/countries/items?limit=5", headers=headers).get_json()
     assert all(h.startswith("https://maps.example.org/geoharbor/") for h in hrefs(body))
     item = client.get("/collections/countries/items/1", headers=headers)
-    assert 'https://maps.example.org/geoharbor/collections/countries/items/1' in item.headers["Link"]
+    assert "https://maps.example.org/geoharbor/collections/countries/items/1" in item.headers["Link"]
 
 
 def test_forwarded_headers_ignored_by_default(direct):
-    body = direct.get("/collections/countries/items?limit=5", headers={"X-Forwarded-Host": "evil.example"}).get_json()
+    body = direct.get(
+        "/collections/countries/items?limit=5", headers={"X-Forwarded-Host": "evil.example"}
+    ).get_json()
     assert not any("evil.example" in h for h in hrefs(body))

@@ -33,6 +33,8 @@ def test_gdal_copies_whole_collection_through_paging(base, backend, tmp_path, pa
             str(out),
             f"OAPIF:{base}",
             f"{backend}-countries",
+            "-nln",
+            "copy",  # GeoPackage reserves layer names starting with "gpkg"
             "-oo",
             f"PAGE_SIZE={page_size}",
         ],
