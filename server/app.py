@@ -33,6 +33,8 @@ def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
     logging.basicConfig(
         level=config["server"]["log_level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # pygeoapi's localisation warns about every non-locale key of the config it renders.
+    logging.getLogger("pygeoapi.l10n").setLevel(logging.ERROR)
     registry = Registry(config)
     app = Flask(__name__)
     app.config["GEOHARBOR"] = config

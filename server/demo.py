@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyogrio
+import pyogrio.raw
 import shapely
 
 LOGGER = logging.getLogger(__name__)
@@ -41,11 +42,11 @@ def build(target: str | os.PathLike[str], force: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".building.gpkg")
     tmp.unlink(missing_ok=True)
-    meta, _fids, wkb, values = pyogrio.read(natural_earth_countries())
+    meta, _fids, wkb, values = pyogrio.raw.read(natural_earth_countries())
     names = list(meta["fields"])
     fields = dict(zip(names, values, strict=True))
     geoms = shapely.from_wkb(wkb)
-    pyogrio.write(
+    pyogrio.raw.write(
         tmp,
         wkb,
         list(fields.values()),
@@ -62,7 +63,7 @@ def build(target: str | os.PathLike[str], force: bool = False) -> Path:
     )
     labels = shapely.to_wkb(shapely.point_on_surface(geoms))
     keep = ["name", "iso_a3", "continent", "pop_est"]
-    pyogrio.write(
+    pyogrio.raw.write(
         tmp,
         np.asarray(labels, dtype=object),
         [fields[k] for k in keep],
