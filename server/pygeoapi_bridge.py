@@ -168,6 +168,11 @@ def _patch_openapi(doc: dict[str, Any], registry: Registry) -> dict[str, Any]:
             if fmt not in fparam["schema"]["enum"]:
                 fparam["schema"]["enum"].append(fmt)
     paths = doc.get("paths", {})
+    for operations in paths.values():
+        for operation in operations.values():
+            for code, response in (operation.get("responses") or {}).items() if isinstance(operation, dict) else ():
+                if isinstance(response, dict) and "$ref" not in response and "description" not in response:
+                    response["description"] = "Success" if str(code).startswith("2") else "Failure"
     for coll in registry.collections.values():
         items = paths.get(f"/collections/{coll.id}/items")
         if items and "get" in items:
@@ -215,6 +220,83 @@ def _patch_openapi(doc: dict[str, Any], registry: Registry) -> dict[str, Any]:
     return doc
 
 
+_LINK = {
+    "type": "object",
+    "required": ["href"],
+    "properties": {k: {"type": "string"} for k in ("href", "rel", "type", "title", "hreflang")},
+}
+_EXCEPTION = {
+    "type": "object",
+    "required": ["code"],
+    "properties": {"code": {"type": "string"}, "type": {"type": "string"}, "description": {"type": "string"}},
+}
+_GEOMETRY = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string"}, "coordinates": {"type": "array"},
+                   "geometries": {"type": "array"}},
+}
+
+
+def _json_response(description: str, schema: dict[str, Any], media: str = "application/json") -> dict[str, Any]:
+    return {"description": description, "content": {media: {"schema": schema}}}
+
+
+#: Local stand-ins for the remote documents pygeoapi refers to: a validator (or a
+#: client) must not need the network to read our OpenAPI document.
+_LOCAL: dict[str, tuple[str, str, Any]] = {
+    "exception.yaml": ("schemas", "exception", _EXCEPTION),
+    "#/components/schemas/link": ("schemas", "link", _LINK),
+    "Geometry.json": ("schemas", "geometryGeoJSON", _GEOMETRY),
+    "cql2.json": ("schemas", "cql2expression", {"type": "object", "description": "A CQL2 JSON expression"}),
+    "#/components/responses/LandingPage": ("responses", "LandingPage", _json_response(
+        "The landing page", {"type": "object", "properties": {"links": {"type": "array", "items": _LINK}}})),
+    "#/components/responses/Collection": ("responses", "Collection", _json_response(
+        "A collection", {"type": "object", "required": ["id", "links"]})),
+    "#/components/responses/Features": ("responses", "Features", _json_response(
+        "A page of features", {"type": "object", "required": ["type", "features"]}, "application/geo+json")),
+    "#/components/responses/InvalidParameter": ("responses", "InvalidParameter", _json_response(
+        "A query parameter is malformed", _EXCEPTION)),
+    "#/components/responses/NotFound": ("responses", "NotFound", _json_response(
+        "The collection or feature does not exist", _EXCEPTION)),
+    "#/components/responses/ServerError": ("responses", "ServerError", _json_response(
+        "A server error", _EXCEPTION)),
+    "#/components/parameters/featureId": ("parameters", "featureId", {
+        "name": "featureId", "in": "path", "required": True, "description": "The id of a feature",
+        "schema": {"type": "string"}}),
+}
+
+
+def _localise_refs(doc: dict[str, Any]) -> None:
+    """Replace every remote ``$ref`` by a component of the document itself (and drop ``$schema``)."""
+    added: dict[str, dict[str, Any]] = {}
+
+    def local(ref: str) -> str | None:
+        for suffix, (kind, name, definition) in _LOCAL.items():
+            if ref.endswith(suffix):
+                added.setdefault(kind, {})[name] = definition
+                return f"#/components/{kind}/{name}"
+        return None
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("http"):
+                target = local(ref)
+                if target is None:
+                    return None  # e.g. the Records sortby parameter, replaced by our own
+                return {"$ref": target}
+            # OpenAPI 3.0 schema objects may not carry JSON Schema's "$schema".
+            return {k: v for k, v in ((k, walk(v)) for k, v in node.items() if k != "$schema") if v is not None}
+        if isinstance(node, list):
+            return [v for v in (walk(v) for v in node) if v is not None]
+        return node
+
+    doc.update(walk(doc))
+    for kind, definitions in added.items():
+        doc.setdefault("components", {}).setdefault(kind, {}).update(definitions)
+
+
 class PygeoapiCore:
     """pygeoapi ``API`` objects, one per public base URL, and the OpenAPI document."""
 
@@ -247,6 +329,7 @@ class PygeoapiCore:
         doc = get_oas(pygeoapi_config(self.config, self.registry, base_url), fail_on_invalid_collection=False)
         doc["info"]["version"] = __version__
         doc["info"]["x-geoharbor"] = "generated by pygeoapi, extended by geoharbor"
+        _localise_refs(doc)
         return _patch_openapi(doc, self.registry)
 
     def api(self, base_url: str) -> Any:

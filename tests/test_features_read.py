@@ -414,3 +414,21 @@ def test_cors(base, backend):
         f"{base}/collections/{backend}-countries/items", headers={"Origin": "http://map.example"}, timeout=30
     )
     assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_openapi_document_is_valid_and_self_contained(base):
+    from openapi_spec_validator import validate
+
+    response = get(base, "/openapi", f="json")
+    assert response.status_code == 200
+    doc = response.json()
+    validate(doc)
+    assert '"$ref":"http' not in orjson.dumps(doc).decode()  # nothing a validator must fetch
+    for backend in ("pg", "gpkg"):
+        params = doc["paths"][f"/collections/{backend}-countries/items"]["get"]["parameters"]
+        named = {p.get("name") or p["$ref"].rsplit("/", 1)[1] for p in params}
+        # GDAL sends -where as property=value only for documented properties, and CQL only with cql-text.
+        assert {"name", "pop_est", "filter", "filter-lang", "sortby", "crs", "bbox-crs"} <= named
+        assert "patch" in doc["paths"][f"/collections/{backend}.points/items/{{featureId}}"]
+        assert "patch" not in doc["paths"][f"/collections/{backend}-countries/items/{{featureId}}"]
+    assert "cql-text" in doc["components"]["parameters"]["filter-lang"]["schema"]["enum"]
