@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/common.sh
 
 need=()
-for pkg in postgresql-15-postgis-3 gdal-bin; do
+for pkg in postgresql-15-postgis-3 gdal-bin chromium; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -24,6 +24,9 @@ from server.registry import Collection
 blueprint = Blueprint("features", __name__)
 
 READ_METHODS = ["GET", "HEAD", "OPTIONS"]
+#: Pages up to this size are read whole before sending, so their Link header is complete;
+#: larger ones stream and carry numberReturned and links after the features.
+MATERIALISE_UP_TO = 2000
 MAX_BODY = 64 * 1024 * 1024
 
 
@@ -124,7 +127,7 @@ def _items(cid: str, filter_body: Any = None) -> Response:
     if fmt == "html":
         features = list(counted())
         return _html_items(coll, query, features, nav(state["more"]), matched)
-    if limit + 1 <= _stream_threshold():
+    if limit + 1 <= MATERIALISE_UP_TO:
         features = list(counted())  # small page: known before sending, so Link headers are complete
         links = nav(state["more"])
         head["links"] = links
@@ -140,12 +143,6 @@ def _items(cid: str, filter_body: Any = None) -> Response:
         mimetype=MEDIA["json"],
         headers=headers,
     )
-
-
-def _stream_threshold() -> int:
-    from providers.postgis import STREAM_THRESHOLD
-
-    return STREAM_THRESHOLD
 
 
 def _with(args, **changes: Any):

@@ -8,7 +8,9 @@ through the pygeoapi ``API`` object for the base URL the client used.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import pygeoapi
 import pygeoapi.api as core_api
 import pygeoapi.api.itemtypes as itemtypes_api
 from flask import Blueprint, Response, current_app, request, send_from_directory
@@ -76,8 +78,6 @@ def schema(cid: str) -> Response:
 
 @blueprint.route("/static/<path:filename>")
 def static(filename: str) -> Response:
-    from pathlib import Path
 
-    import pygeoapi
 
     return send_from_directory(Path(pygeoapi.__file__).parent / "static", filename)

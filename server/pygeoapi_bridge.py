@@ -170,7 +170,8 @@ def _patch_openapi(doc: dict[str, Any], registry: Registry) -> dict[str, Any]:
     paths = doc.get("paths", {})
     for operations in paths.values():
         for operation in operations.values():
-            for code, response in (operation.get("responses") or {}).items() if isinstance(operation, dict) else ():
+            responses = operation.get("responses") if isinstance(operation, dict) else None
+            for code, response in (responses or {}).items():
                 if isinstance(response, dict) and "$ref" not in response and "description" not in response:
                     response["description"] = "Success" if str(code).startswith("2") else "Failure"
     for coll in registry.collections.values():
@@ -238,7 +239,7 @@ _GEOMETRY = {
 }
 
 
-def _json_response(description: str, schema: dict[str, Any], media: str = "application/json") -> dict[str, Any]:
+def _json_response(description: str, schema: dict[str, Any], media: str = "application/json") -> dict:
     return {"description": description, "content": {media: {"schema": schema}}}
 
 
@@ -287,7 +288,8 @@ def _localise_refs(doc: dict[str, Any]) -> None:
                     return None  # e.g. the Records sortby parameter, replaced by our own
                 return {"$ref": target}
             # OpenAPI 3.0 schema objects may not carry JSON Schema's "$schema".
-            return {k: v for k, v in ((k, walk(v)) for k, v in node.items() if k != "$schema") if v is not None}
+            pairs = ((k, walk(v)) for k, v in node.items() if k != "$schema")
+            return {k: v for k, v in pairs if v is not None}
         if isinstance(node, list):
             return [v for v in (walk(v) for v in node) if v is not None]
         return node
