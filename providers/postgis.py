@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ LOGGER = logging.getLogger(__name__)
 #: Pages up to this size are fetched at once; larger ones stream through a cursor.
 STREAM_THRESHOLD = 2000
 STREAM_BATCH = 1000
+#: How long the planner's row count of a table is trusted before it is read again.
+ROW_ESTIMATE_TTL_S = 30.0
 #: Tables with more rows than this report the planner's estimated extent.
 ESTIMATED_EXTENT_ABOVE = 1_000_000
 #: json_build_object takes at most 100 arguments: 50 key/value pairs per call.
@@ -413,6 +416,8 @@ class PostGISProvider(FeatureProvider):
         self._geom = sql.Identifier(schema.geometry_field) if schema.geometry_field else None
         self._native_id = schema.id_native_type
         self._id_default = schema.id_has_default
+        self._rows = 0
+        self._rows_at = -ROW_ESTIMATE_TTL_S
 
     def ping(self) -> bool:
         return self.db.ping()
@@ -516,15 +521,23 @@ class PostGISProvider(FeatureProvider):
             self._feature_json(query.crs, query.properties, query.skip_geometry), query
         )
         mode = self.count_mode if query.count == "auto" else query.count
-        if query.limit > STREAM_THRESHOLD:
-            matched = self._count(where, params, mode)
-            return FeaturePage(self._stream(select, params), matched)
+        filters = {k: v for k, v in params.items() if not k.startswith("_")}
         with self.db.connection() as conn:
             try:
-                with conn.cursor() as cur:
-                    matched = self._count_on(cur, where, params, mode)
+                matched, counter = self._start_count(conn, where, filters, mode)
+                if query.limit > STREAM_THRESHOLD:
+                    matched = self._finish_count(conn, counter, where, filters) if counter else matched
+                    return FeaturePage(self._stream(select, params), matched)
+                # The count and the page travel together: one round trip.
+                with conn.pipeline():
+                    count_cur = conn.cursor()
+                    if counter is not None:
+                        count_cur.execute(counter, filters)
+                    cur = conn.cursor()
                     cur.execute(select, params)
-                    rows = [r[0].encode() for r in cur.fetchall()]
+                if counter is not None:
+                    matched = self._finish_count(conn, count_cur, where, filters)
+                rows = [r[0].encode() for r in cur.fetchall()]
             except psycopg.Error as exc:
                 raise _read_error(exc) from exc
         return FeaturePage(iter(rows), matched)
@@ -545,26 +558,61 @@ class PostGISProvider(FeatureProvider):
             except psycopg.Error as exc:
                 raise _read_error(exc) from exc
 
-    def _count(self, where, params, mode: CountMode) -> Count | None:
-        with self.db.connection() as conn, conn.cursor() as cur:
-            try:
-                return self._count_on(cur, where, params, mode)
-            except psycopg.Error as exc:
-                raise _read_error(exc) from exc
+    def _table_rows(self, conn: psycopg.Connection) -> int:
+        """The planner's row count of the table, cached for a while in this process."""
+        now = time.monotonic()
+        if now - self._rows_at > ROW_ESTIMATE_TTL_S:
+            found = conn.execute(
+                "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                (self._table.as_string(conn),),
+            ).fetchone()
+            self._rows = max(0, int(found[0])) if found else 0
+            self._rows_at = now
+        return self._rows
 
-    def _count_on(self, cur: psycopg.Cursor, where, params, mode: CountMode) -> Count | None:
+    def _start_count(
+        self, conn: psycopg.Connection, where: sql.Composable, filters: dict[str, Any], mode: CountMode
+    ) -> tuple[Count | None, sql.Composable | None]:
+        """numberMatched, or the statement that will tell it.
+
+        ``auto`` needs no query for an unfiltered big table (the planner's row count);
+        otherwise it counts up to ``exact_count_below`` matches, so a count never
+        scans more than that, and only beyond it asks the planner for an estimate.
+        """
         if mode == "none":
-            return None
-        params = {k: v for k, v in params.items() if not k.startswith("_")}
-        if mode in ("estimate", "auto"):
-            cur.execute(
-                sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} AS t{}").format(self._table, where), params
-            )
-            estimate = int(cur.fetchone()[0][0]["Plan"]["Plan Rows"])
-            if mode == "estimate" or estimate >= self.exact_count_below:
-                return Count(estimate, False)
-        cur.execute(sql.SQL("SELECT count(*) FROM {} AS t{}").format(self._table, where), params)
-        return Count(int(cur.fetchone()[0]), True)
+            return None, None
+        if mode == "exact":
+            return None, sql.SQL("SELECT count(*), false FROM {} AS t{}").format(self._table, where)
+        if not filters:
+            rows = self._table_rows(conn)
+            if mode == "estimate" or rows >= self.exact_count_below:
+                return Count(rows, False), None
+        elif mode == "estimate":
+            return Count(self._estimate(conn, where, filters), False), None
+        return None, sql.SQL(
+            "SELECT count(*), count(*) > {cap} FROM (SELECT 1 FROM {} AS t{} LIMIT {limit}) s"
+        ).format(
+            self._table,
+            where,
+            cap=sql.Literal(self.exact_count_below),
+            limit=sql.Literal(self.exact_count_below + 1),
+        )
+
+    def _finish_count(
+        self, conn: psycopg.Connection, counter: Any, where: sql.Composable, filters: dict[str, Any]
+    ) -> Count:
+        if isinstance(counter, sql.Composable):
+            counter = conn.execute(counter, filters)
+        value, capped = counter.fetchone()
+        if capped:
+            return Count(max(int(value), self._estimate(conn, where, filters)), False)
+        return Count(int(value), True)
+
+    def _estimate(self, conn: psycopg.Connection, where: sql.Composable, filters: dict[str, Any]) -> int:
+        plan = conn.execute(
+            sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} AS t{}").format(self._table, where), filters
+        ).fetchone()[0]
+        return int(plan[0]["Plan"]["Plan Rows"])
 
     def records(self, query: Query, geometry: GeometryEncoding = "wkt") -> tuple[list[str], Iterator[tuple]]:
         names = self._property_names(query.properties)

@@ -176,10 +176,13 @@ def server_config(pg_url: str, gpkg_path: Path, port: int) -> dict:
     collections["pg_uuid"] = {"source": "pg", "table": "uuid_points", "editable": True}
     collections["pg_view"] = {"source": "pg", "table": "big_countries", "id_column": "id"}
     collections["pg_centres"] = {"source": "pg", "table": "two_geoms", "geometry_column": "centre"}
+    collections["pg_estimated"] = {"source": "pg_small_counts", "table": "countries"}
     return {
         "server": {"bind": f"127.0.0.1:{port}", "workers": 2, "log_level": "WARNING", "limit_max": 100000},
         "sources": {
             "pg": {"type": "postgis", "url": pg_url, "pool_max": 4},
+            # counts exactly only below 50 matches: the planner's estimate above
+            "pg_small_counts": {"type": "postgis", "url": pg_url, "pool_max": 2, "exact_count_below": 50},
             "gpkg": {"type": "geopackage", "path": str(gpkg_path)},
         },
         "collections": collections,

@@ -432,3 +432,16 @@ def test_openapi_document_is_valid_and_self_contained(base):
         assert "patch" in doc["paths"][f"/collections/{backend}.points/items/{{featureId}}"]
         assert "patch" not in doc["paths"][f"/collections/{backend}-countries/items/{{featureId}}"]
     assert "cql-text" in doc["components"]["parameters"]["filter-lang"]["schema"]["enum"]
+
+
+def test_number_matched_auto_counts_exactly_only_below_the_threshold(base):
+    target = f"{base}/collections/pg_estimated/items"
+    whole = requests.get(target, params={"limit": 1}, timeout=30)
+    assert whole.headers["OGC-NumberMatched-Estimated"] == "true"
+    assert whole.json()["numberMatched"] == N_COUNTRIES  # reltuples after ANALYZE
+    many = requests.get(target, params={"limit": 1, "filter": "pop_est > 1000"}, timeout=30)
+    assert many.headers["OGC-NumberMatched-Estimated"] == "true" and many.json()["numberMatched"] > 50
+    few = requests.get(target, params={"limit": 1, "continent": "Oceania"}, timeout=30)
+    assert "OGC-NumberMatched-Estimated" not in few.headers and few.json()["numberMatched"] == 7
+    exact = requests.get(f"{base}/collections/pg-countries/items", params={"limit": 1}, timeout=30)
+    assert "OGC-NumberMatched-Estimated" not in exact.headers
