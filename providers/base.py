@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from providers.crs import CRS, CRS84
+from providers.errors import InvalidData, InvalidQuery, PreconditionFailed, ReadOnly
 
 CountMode = Literal["exact", "estimate", "auto", "none"]
+
+#: Pages up to this size are fetched at once; larger ones stream from a cursor in batches.
+STREAM_THRESHOLD = 2000
+STREAM_BATCH = 1000
+
+#: "The feature has no such member": a write leaves that column as it is.
+MISSING: Any = object()
 GeometryEncoding = Literal["geojson", "wkt", "wkb", "none"]
 
 
@@ -57,14 +65,20 @@ class CollectionSchema:
     bbox: tuple[float, float, float, float] | None = None  # CRS84
     temporal: tuple[datetime | None, datetime | None] | None = None
 
+    def selected(self, wanted: list[str] | None) -> list[str]:
+        """The attributes an output carries: all, or the requested ones that exist (checked)."""
+        if wanted is None:
+            return list(self.fields)
+        for name in wanted:
+            self.check_property(name)
+        return [n for n in wanted if n in self.fields]
+
     def check_property(self, name: str) -> Field:
         """The field called ``name``; raises InvalidQuery for anything else.
 
         Every column name that arrives from a request passes through here before it
         can reach SQL.
         """
-        from providers.errors import InvalidQuery
-
         found = self.fields.get(name)
         if found is None:
             if name == self.id_field:
@@ -133,6 +147,59 @@ def version_tag(*parts: bytes) -> str:
     return f'"{digest.hexdigest()}"'
 
 
+def check_if_match(current_etag: str, if_match: str | None) -> None:
+    """Raise PreconditionFailed unless ``If-Match`` names the stored version (or is ``*``)."""
+    if if_match is None or if_match.strip() == "*":
+        return
+    tags = {t.strip().removeprefix("W/") for t in if_match.split(",")}
+    if current_etag not in tags:
+        raise PreconditionFailed("the feature has changed since it was read (ETag mismatch)")
+
+
+def feature_values(
+    schema: CollectionSchema,
+    feature: Any,
+    partial: bool,
+    cell: Callable[[Field, Any], Any],
+) -> tuple[list[str], list[Any], Any]:
+    """Column names, stored values and GeoJSON geometry of a feature, checked against ``schema``.
+
+    ``cell`` turns one property value into what the backend stores (or raises
+    InvalidData). A replace (``partial`` False) sets every attribute it does not
+    carry to null; the geometry is :data:`MISSING` when an update does not touch it.
+    """
+    if not isinstance(feature, dict):
+        raise InvalidData("a feature must be a JSON object")
+    props = feature.get("properties")
+    if props is None:
+        props = {}
+    if not isinstance(props, dict):
+        raise InvalidData("'properties' must be an object")
+    names: list[str] = []
+    values: list[Any] = []
+    for name, value in props.items():
+        if name == schema.id_field:
+            continue
+        field = schema.fields.get(name)
+        if field is None:
+            raise InvalidData(f"unknown property {str(name)[:100]!r}")
+        names.append(name)
+        values.append(cell(field, value))
+    if not partial:
+        for name, field in schema.fields.items():
+            if name not in props:
+                names.append(name)
+                values.append(cell(field, None))
+    geometry = MISSING
+    if "geometry" in feature:
+        geometry = feature["geometry"]
+        if geometry is not None and (not isinstance(geometry, dict) or "type" not in geometry):
+            raise InvalidData("'geometry' must be a GeoJSON geometry object or null")
+    elif not partial:
+        geometry = None
+    return names, values, geometry
+
+
 class FeatureProvider(ABC):
     """A collection's data access: one per published collection.
 
@@ -172,20 +239,30 @@ class FeatureProvider(ABC):
         """Insert GeoJSON features atomically; all are stored or none."""
 
     @abstractmethod
+    def store(
+        self, fid: str, feature: dict[str, Any], crs: CRS, if_match: str | None, partial: bool
+    ) -> StoredFeature:
+        """Write an existing feature: every attribute, or (``partial``) only those it carries."""
+
     def replace(
         self, fid: str, feature: dict[str, Any], crs: CRS = CRS84, if_match: str | None = None
     ) -> StoredFeature:
-        """Replace a feature's geometry and every attribute."""
+        """Replace a feature's geometry and every attribute (missing ones become null)."""
+        return self.store(fid, feature, crs, if_match, partial=False)
 
-    @abstractmethod
     def update(
         self, fid: str, patch: dict[str, Any], crs: CRS = CRS84, if_match: str | None = None
     ) -> StoredFeature:
         """Change only the attributes (and geometry) present in ``patch``."""
+        return self.store(fid, patch, crs, if_match, partial=True)
 
     @abstractmethod
     def delete(self, fid: str, if_match: str | None = None) -> None:
         """Remove a feature; raises NotFound."""
+
+    def require_editable(self) -> None:
+        if not self.editable:
+            raise ReadOnly("this collection is read-only")
 
     # -- health ----------------------------------------------------------------
     def ping(self) -> bool:

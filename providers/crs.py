@@ -108,3 +108,16 @@ def from_srid(srid: int) -> CRS:
 def crs_uri(srid: int) -> str:
     """The URI to advertise for a storage SRID (CRS84 for lon/lat 4326)."""
     return CRS84_URI if srid == 4326 else epsg_uri(srid)
+
+
+@lru_cache(maxsize=512)
+def _is_projected(srid: int) -> bool:
+    try:
+        return ProjCRS.from_epsg(srid).is_projected
+    except CRSError:  # unknown to PROJ: keep full precision
+        return True
+
+
+def coordinate_precision(crs: CRS) -> int:
+    """Decimals written in GeoJSON: 7 for degrees (about 1 cm), 3 for metres."""
+    return 7 if crs.srid == 4326 or not _is_projected(crs.srid) else 3

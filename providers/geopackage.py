@@ -44,6 +44,9 @@ from pyproj import Transformer
 from pyproj.exceptions import CRSError, ProjError
 
 from providers.base import (
+    MISSING,
+    STREAM_BATCH,
+    STREAM_THRESHOLD,
     CollectionSchema,
     Count,
     CountMode,
@@ -53,26 +56,23 @@ from providers.base import (
     GeometryEncoding,
     Query,
     StoredFeature,
+    check_if_match,
+    feature_values,
     version_tag,
 )
-from providers.crs import CRS, CRS84, from_srid
+from providers.crs import CRS, CRS84, coordinate_precision, from_srid
 from providers.errors import (
     Conflict,
     InvalidData,
     InvalidQuery,
     NotFound,
-    PreconditionFailed,
     ProviderError,
-    ReadOnly,
     Unavailable,
 )
 from providers.filters import SPATIAL, Compiler, Dialect
 
 LOGGER = logging.getLogger(__name__)
 
-#: Pages up to this size are fetched at once; larger ones stream from a cursor.
-STREAM_THRESHOLD = 2000
-STREAM_BATCH = 1000
 
 #: JSON Schema type and format of GeoPackage column types (GeoPackage 1.3, table 1).
 _JSON_TYPES: dict[str, tuple[str, str | None]] = {
@@ -492,19 +492,6 @@ def _latitude_range(srid: int) -> tuple[float, float] | None:
     except CRSError:
         return None
     return (area.south, area.north) if area else None
-
-
-@lru_cache(maxsize=256)
-def _is_projected(srid: int) -> bool:
-    try:
-        return ProjCRS.from_epsg(srid).is_projected
-    except CRSError:  # unknown to PROJ: keep full precision
-        return True
-
-
-def _precision(crs: CRS) -> int:
-    """Decimals written in GeoJSON: 7 for degrees (~1 cm), 3 for metres, as PostGIS does."""
-    return 7 if crs.srid == 4326 or not _is_projected(crs.srid) else 3
 
 
 def _coordinate_function(
@@ -1157,7 +1144,6 @@ def _rtree_extent(conn: sqlite3.Connection, rtree: str) -> tuple[float, float, f
 
 
 # -- one collection -----------------------------------------------------------------------
-_MISSING: Any = object()
 
 
 class GeoPackageProvider(FeatureProvider):
@@ -1192,13 +1178,6 @@ class GeoPackageProvider(FeatureProvider):
         return self.gpkg.ping()
 
     # -- SQL pieces ---------------------------------------------------------------------
-    def _property_names(self, wanted: list[str] | None) -> list[str]:
-        if wanted is None:
-            return list(self.schema.fields)
-        for name in wanted:
-            self.schema.check_property(name)
-        return [n for n in wanted if n in self.schema.fields]
-
     def _dialect(self) -> SQLiteDialect:
         return SQLiteDialect(
             self._info.table,
@@ -1273,7 +1252,7 @@ class GeoPackageProvider(FeatureProvider):
     def _encoder(self, crs: CRS, names: list[str], geometry: bool) -> Callable[[list[tuple]], list[bytes]]:
         """Rows (id, [geometry blob], *attributes) -> GeoJSON Feature bytes, one batch at a time."""
         converters = self._value_converters(names, for_json=True)
-        decimals = _precision(crs)
+        decimals = coordinate_precision(crs)
         first = 2 if geometry else 1
 
         def encode(rows: list[tuple]) -> list[bytes]:
@@ -1304,7 +1283,7 @@ class GeoPackageProvider(FeatureProvider):
 
     # -- reads ----------------------------------------------------------------------------
     def query(self, query: Query) -> FeaturePage:
-        names = self._property_names(query.properties)
+        names = self.schema.selected(query.properties)
         geometry = self._geom is not None and not query.skip_geometry
         select, where, params = self._page_sql(query, self._columns(names, geometry))
         encode = self._encoder(query.crs, names, geometry)
@@ -1320,7 +1299,7 @@ class GeoPackageProvider(FeatureProvider):
 
     def explain(self, query: Query) -> list[str]:
         """SQLite's plan for a page of ``query`` (shows whether the R-tree is used)."""
-        names = self._property_names(query.properties)
+        names = self.schema.selected(query.properties)
         select, _, params = self._page_sql(query, self._columns(names, not query.skip_geometry))
         rows = self.gpkg.connection().execute("EXPLAIN QUERY PLAN " + select, params).fetchall()
         return [str(r[-1]) for r in rows]
@@ -1362,7 +1341,7 @@ class GeoPackageProvider(FeatureProvider):
         return Count(int(row[0]), True)
 
     def records(self, query: Query, geometry: GeometryEncoding = "wkt") -> tuple[list[str], Iterator[tuple]]:
-        names = self._property_names(query.properties)
+        names = self.schema.selected(query.properties)
         with_geometry = geometry != "none" and self._geom is not None and not query.skip_geometry
         header = [self.schema.id_field]
         if with_geometry:
@@ -1426,7 +1405,7 @@ class GeoPackageProvider(FeatureProvider):
     ) -> StoredFeature:
         """The feature as GeoJSON and a tag over the stored row, not over this representation."""
         etag = version_tag(*(v if isinstance(v, bytes) else repr(v).encode() for v in row.values()))
-        names = self._property_names(properties)
+        names = self.schema.selected(properties)
         geometry = self._geom is not None and not skip_geometry
         values: list[Any] = [row[self.schema.id_field]]
         if geometry:
@@ -1452,10 +1431,6 @@ class GeoPackageProvider(FeatureProvider):
         return self._stored(row, crs, properties, skip_geometry)
 
     # -- writes ---------------------------------------------------------------------------
-    def _require_editable(self) -> None:
-        if not self.editable:
-            raise ReadOnly("this collection is read-only")
-
     def _cell(self, field: Field, value: Any) -> Any:
         """A property value as the column stores it; InvalidData when it does not fit the type."""
         if value is None:
@@ -1503,39 +1478,6 @@ class GeoPackageProvider(FeatureProvider):
                 f"property {field.name!r} is of type {field.native_type or field.type}; "
                 f"{str(value)[:60]!r} does not fit"
             ) from exc
-
-    def _values(self, feature: Any, partial: bool) -> tuple[list[str], list[Any], Any]:
-        """Column names, values and GeoJSON geometry of a feature, checked against the schema."""
-        if not isinstance(feature, dict):
-            raise InvalidData("a feature must be a JSON object")
-        props = feature.get("properties")
-        if props is None:
-            props = {}
-        if not isinstance(props, dict):
-            raise InvalidData("'properties' must be an object")
-        names: list[str] = []
-        values: list[Any] = []
-        for name, value in props.items():
-            if name == self.schema.id_field:
-                continue
-            field = self.schema.fields.get(name)
-            if field is None:
-                raise InvalidData(f"unknown property {str(name)[:100]!r}")
-            names.append(name)
-            values.append(self._cell(field, value))
-        if not partial:
-            for name, field in self.schema.fields.items():
-                if name not in props:
-                    names.append(name)
-                    values.append(self._cell(field, None))
-        geometry = _MISSING
-        if "geometry" in feature:
-            geometry = feature["geometry"]
-            if geometry is not None and (not isinstance(geometry, dict) or "type" not in geometry):
-                raise InvalidData("'geometry' must be a GeoJSON geometry object or null")
-        elif not partial:
-            geometry = None
-        return names, values, geometry
 
     def _geometry_blob(
         self, geojson: dict[str, Any], crs: CRS
@@ -1625,7 +1567,7 @@ class GeoPackageProvider(FeatureProvider):
 
     def _write(self, work: Callable[[sqlite3.Connection, list], Any]) -> Any:
         """Run ``work(conn, written_bounds)`` in one IMMEDIATE transaction; all or nothing."""
-        self._require_editable()
+        self.require_editable()
         lock = self.gpkg.write_lock()
         if not lock.acquire(timeout=self.gpkg.busy_timeout_ms / 1000):
             raise Unavailable("the GeoPackage is busy with other writes")
@@ -1665,10 +1607,10 @@ class GeoPackageProvider(FeatureProvider):
             keys = []
             for index, feature in enumerate(features):
                 try:
-                    names, values, geometry = self._values(feature, partial=True)
+                    names, values, geometry = feature_values(self.schema, feature, True, self._cell)
                     blob, bounds = (
                         self._geometry_blob(geometry, crs)
-                        if self._geom is not None and geometry not in (_MISSING, None)
+                        if self._geom is not None and geometry not in (MISSING, None)
                         else (None, None)
                     )
                 except InvalidData as exc:
@@ -1727,23 +1669,19 @@ class GeoPackageProvider(FeatureProvider):
 
     def _check_version(self, conn: sqlite3.Connection, key: Any, if_match: str | None) -> None:
         """412 unless ``If-Match`` names the stored version (inside the write lock, as FOR UPDATE)."""
-        current = self._read_stored(conn, key)
-        if if_match is not None and if_match.strip() != "*":
-            tags = {t.strip().removeprefix("W/") for t in if_match.split(",")}
-            if current.etag not in tags:
-                raise PreconditionFailed("the feature has changed since it was read (ETag mismatch)")
+        check_if_match(self._read_stored(conn, key).etag, if_match)
 
-    def _set(
+    def store(
         self, fid: str, feature: dict[str, Any], crs: CRS, if_match: str | None, partial: bool
     ) -> StoredFeature:
         key = self._id_value(fid)
 
         def work(conn: sqlite3.Connection, written: list) -> StoredFeature:
             self._check_version(conn, key, if_match)
-            names, values, geometry = self._values(feature, partial=partial)
+            names, values, geometry = feature_values(self.schema, feature, partial, self._cell)
             sets = [_compose("{} = ?", quote_ident(n)) for n in names]
             bounds = None
-            geometry_changed = self._geom is not None and geometry is not _MISSING
+            geometry_changed = self._geom is not None and geometry is not MISSING
             if geometry_changed:
                 if geometry is None:
                     sets.append(_compose("{} = NULL", self._geom))  # type: ignore[arg-type]
@@ -1763,16 +1701,6 @@ class GeoPackageProvider(FeatureProvider):
             return self._read_stored(conn, key)
 
         return self._write(work)
-
-    def replace(
-        self, fid: str, feature: dict[str, Any], crs: CRS = CRS84, if_match: str | None = None
-    ) -> StoredFeature:
-        return self._set(fid, feature, crs, if_match, partial=False)
-
-    def update(
-        self, fid: str, patch: dict[str, Any], crs: CRS = CRS84, if_match: str | None = None
-    ) -> StoredFeature:
-        return self._set(fid, patch, crs, if_match, partial=True)
 
     def delete(self, fid: str, if_match: str | None = None) -> None:
         key = self._id_value(fid)

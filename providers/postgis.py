@@ -27,6 +27,9 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from providers.base import (
+    MISSING,
+    STREAM_BATCH,
+    STREAM_THRESHOLD,
     CollectionSchema,
     Count,
     CountMode,
@@ -36,25 +39,22 @@ from providers.base import (
     GeometryEncoding,
     Query,
     StoredFeature,
+    check_if_match,
+    feature_values,
 )
-from providers.crs import CRS, CRS84, from_srid
+from providers.crs import CRS, CRS84, coordinate_precision, from_srid
 from providers.errors import (
     Conflict,
     InvalidData,
     InvalidQuery,
     NotFound,
-    PreconditionFailed,
     ProviderError,
-    ReadOnly,
     Unavailable,
 )
 from providers.filters import Compiler, Dialect
 
 LOGGER = logging.getLogger(__name__)
 
-#: Pages up to this size are fetched at once; larger ones stream through a cursor.
-STREAM_THRESHOLD = 2000
-STREAM_BATCH = 1000
 #: How long the planner's row count of a table is trusted before it is read again.
 ROW_ESTIMATE_TTL_S = 30.0
 #: Tables with more rows than this report the planner's estimated extent.
@@ -431,19 +431,9 @@ class PostGISProvider(FeatureProvider):
             geom = sql.SQL("ST_FlipCoordinates({})").format(geom)
         return geom
 
-    def _precision(self, crs: CRS) -> int:
-        return 7 if crs.srid == 4326 or not _is_projected(crs.srid) else 3
-
-    def _property_names(self, wanted: list[str] | None) -> list[str]:
-        if wanted is None:
-            return list(self.schema.fields)
-        for name in wanted:
-            self.schema.check_property(name)
-        return [n for n in wanted if n in self.schema.fields]
-
     def _feature_json(self, crs: CRS, properties: list[str] | None, skip_geometry: bool) -> sql.Composable:
         """SQL text of one GeoJSON Feature; the geometry's GeoJSON is spliced in as text."""
-        names = self._property_names(properties)
+        names = self.schema.selected(properties)
         if names:
             calls = []
             for start in range(0, len(names), PAIRS_PER_CALL):
@@ -464,7 +454,7 @@ class PostGISProvider(FeatureProvider):
             geometry = sql.SQL("'null'")
         else:
             geometry = sql.SQL("COALESCE(ST_AsGeoJSON({}, {}, 0), 'null')").format(
-                self._geometry_out(crs), sql.Literal(self._precision(crs))
+                self._geometry_out(crs), sql.Literal(coordinate_precision(crs))
             )
         return sql.SQL(
             '\'{{"type":"Feature","id":\' || to_json({id})::text || \',"geometry":\' || {geom}'
@@ -615,7 +605,7 @@ class PostGISProvider(FeatureProvider):
         return int(plan[0]["Plan"]["Plan Rows"])
 
     def records(self, query: Query, geometry: GeometryEncoding = "wkt") -> tuple[list[str], Iterator[tuple]]:
-        names = self._property_names(query.properties)
+        names = self.schema.selected(query.properties)
         columns = [sql.SQL("t.{}").format(self._id)]
         header = [self.schema.id_field]
         if geometry != "none" and self._geom is not None and not query.skip_geometry:
@@ -674,10 +664,6 @@ class PostGISProvider(FeatureProvider):
         return StoredFeature(row[0], row[2].encode(), f'"{row[1]}"')
 
     # -- writes ----------------------------------------------------------------------
-    def _require_editable(self) -> None:
-        if not self.editable:
-            raise ReadOnly("this collection is read-only")
-
     def _geometry_in(self, crs: CRS) -> sql.Composable:
         geom: sql.Composable = sql.SQL("ST_SetSRID(ST_GeomFromGeoJSON(%s), {})").format(sql.Literal(crs.srid))
         if crs.lat_first:
@@ -690,49 +676,15 @@ class PostGISProvider(FeatureProvider):
         return geom
 
     def _values(self, feature: dict[str, Any], partial: bool) -> tuple[list[str], list[Any], Any]:
-        """Column names, values and geometry JSON of a GeoJSON feature, checked against the schema."""
-        if not isinstance(feature, dict):
-            raise InvalidData("a feature must be a JSON object")
-        props = feature.get("properties")
-        if props is None:
-            props = {}
-        if not isinstance(props, dict):
-            raise InvalidData("'properties' must be an object")
-        names: list[str] = []
-        values: list[Any] = []
-        for name, value in props.items():
-            if name == self.schema.id_field:
-                continue
-            field = self.schema.fields.get(name)
-            if field is None:
-                raise InvalidData(f"unknown property {str(name)[:100]!r}")
-            names.append(name)
-            if isinstance(value, (dict, list)):
-                value = (
-                    psycopg.types.json.Jsonb(value)
-                    if field.type == "object"
-                    else orjson.dumps(value).decode()
-                )
-            values.append(value)
-        if not partial:
-            for name in self.schema.fields:
-                if name not in props:
-                    names.append(name)
-                    values.append(None)
-        geometry = _MISSING
-        if "geometry" in feature:
-            geometry = feature["geometry"]
-            if geometry is not None:
-                if not isinstance(geometry, dict) or "type" not in geometry:
-                    raise InvalidData("'geometry' must be a GeoJSON geometry object or null")
-                geometry = orjson.dumps(geometry).decode()
-        elif not partial:
-            geometry = None
+        """Columns, values and geometry (as GeoJSON text) of a feature; PostgreSQL casts the rest."""
+        names, values, geometry = feature_values(self.schema, feature, partial, _pg_cell)
+        if isinstance(geometry, dict):
+            geometry = orjson.dumps(geometry).decode()
         return names, values, geometry
 
     def _write(self, work) -> Any:
         """Run ``work(conn)`` in one transaction, mapping database errors to provider errors."""
-        self._require_editable()
+        self.require_editable()
         with self.db.connection() as conn:
             try:
                 with conn.transaction():
@@ -772,7 +724,7 @@ class PostGISProvider(FeatureProvider):
                     values.insert(0, self._id_value(client_id))
                 elif client_id is None and not self._id_default:
                     raise InvalidData(f"feature {index + 1}: this collection needs an 'id'")
-                if self._geom is not None and geometry not in (_MISSING, None):
+                if self._geom is not None and geometry not in (MISSING, None):
                     columns.append(self._geom)
                     holders.append(self._geometry_in(crs))
                     values.append(geometry)
@@ -795,13 +747,9 @@ class PostGISProvider(FeatureProvider):
         return StoredFeature(row[0], row[2].encode(), f'"{row[1]}"')
 
     def _check_version(self, conn: psycopg.Connection, key: Any, if_match: str | None) -> None:
-        current = self._read_locked(conn, key, lock=True)
-        if if_match is not None and if_match.strip() != "*":
-            tags = {t.strip().removeprefix("W/") for t in if_match.split(",")}
-            if current.etag not in tags:
-                raise PreconditionFailed("the feature has changed since it was read (ETag mismatch)")
+        check_if_match(self._read_locked(conn, key, lock=True).etag, if_match)
 
-    def _set(
+    def store(
         self, fid: str, feature: dict[str, Any], crs: CRS, if_match: str | None, partial: bool
     ) -> StoredFeature:
         key = self._id_value(fid)
@@ -810,7 +758,7 @@ class PostGISProvider(FeatureProvider):
             self._check_version(conn, key, if_match)
             names, values, geometry = self._values(feature, partial=partial)
             sets = [sql.SQL("{} = %s").format(sql.Identifier(n)) for n in names]
-            if self._geom is not None and geometry is not _MISSING:
+            if self._geom is not None and geometry is not MISSING:
                 if geometry is None:
                     sets.append(sql.SQL("{} = NULL").format(self._geom))
                 else:
@@ -827,16 +775,6 @@ class PostGISProvider(FeatureProvider):
 
         return self._write(work)
 
-    def replace(
-        self, fid: str, feature: dict[str, Any], crs: CRS = CRS84, if_match: str | None = None
-    ) -> StoredFeature:
-        return self._set(fid, feature, crs, if_match, partial=False)
-
-    def update(
-        self, fid: str, patch: dict[str, Any], crs: CRS = CRS84, if_match: str | None = None
-    ) -> StoredFeature:
-        return self._set(fid, patch, crs, if_match, partial=True)
-
     def delete(self, fid: str, if_match: str | None = None) -> None:
         key = self._id_value(fid)
 
@@ -847,7 +785,11 @@ class PostGISProvider(FeatureProvider):
         self._write(work)
 
 
-_MISSING: Any = object()
+def _pg_cell(field: Field, value: Any) -> Any:
+    """JSON objects go to json/jsonb columns as such, to other columns as JSON text."""
+    if isinstance(value, (dict, list)):
+        return psycopg.types.json.Jsonb(value) if field.type == "object" else orjson.dumps(value).decode()
+    return value
 
 
 def _pg_message(exc: psycopg.Error) -> str:
@@ -875,17 +817,3 @@ def _read_error(exc: psycopg.Error) -> ProviderError:
         return Unavailable(_pg_message(exc))
     LOGGER.exception("unexpected database error")
     return ProviderError(_pg_message(exc))
-
-
-_PROJECTED: dict[int, bool] = {}
-
-
-def _is_projected(srid: int) -> bool:
-    if srid not in _PROJECTED:
-        from pyproj import CRS as ProjCRS
-
-        try:
-            _PROJECTED[srid] = ProjCRS.from_epsg(srid).is_projected
-        except Exception:  # noqa: BLE001 - unknown to PROJ: keep full precision
-            _PROJECTED[srid] = True
-    return _PROJECTED[srid]
