@@ -91,7 +91,7 @@ class CollectionSchema:
 class Query:
     """A read of features, whatever door it came through.
 
-    ``filter`` is a pygeofilter AST (CQL2 text or JSON parse the same way); ``bbox``,
+    ``filter`` is a CQL2 JSON tree (CQL2 text is parsed into the same form); ``bbox``,
     ``datetime`` and ``equals`` are compiled by the provider together with it.
     """
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
+import cql2
 import orjson
 
 from providers.base import CollectionSchema, Field, Query
@@ -475,8 +476,6 @@ def parse_cql2(text: str, lang: str) -> dict[str, Any]:
     cql2 (a conformant CQL2 parser) is used instead of pygeofilter's text grammar, which
     rejects the standard's ``T_AFTER(a, b)`` form and ``''`` quote escapes.
     """
-    import cql2
-
     try:
         if lang in ("cql2-json", "cql-json"):
             tree = orjson.loads(text)
