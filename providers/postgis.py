@@ -55,6 +55,10 @@ from providers.filters import Compiler, Dialect
 
 LOGGER = logging.getLogger(__name__)
 
+#: Output shapes whose feature SQL is kept per collection.
+SQL_CACHE_SIZE = 64
+#: A pooled connection idle longer than this is checked before use.
+IDLE_CHECK_S = 5.0
 #: How long the planner's row count of a table is trusted before it is read again.
 ROW_ESTIMATE_TTL_S = 30.0
 #: Tables with more rows than this report the planner's estimated extent.
@@ -108,13 +112,28 @@ class PostGISDatabase:
         self._lock = threading.Lock()
 
     def _configure(self, conn: psycopg.Connection) -> None:
+        # Reads are single statements: autocommit spares a BEGIN and a COMMIT round trip
+        # each. Writes and server-side cursors open an explicit transaction.
+        conn.autocommit = True
         conn.prepare_threshold = self.prepare_threshold
-        with conn.cursor() as cur:
-            # SET does not take bound parameters; the value is our own integer.
-            cur.execute(
-                sql.SQL("SET statement_timeout = {}").format(sql.Literal(int(self.statement_timeout_ms)))
-            )
-        conn.commit()
+        # SET does not take bound parameters; the value is our own integer.
+        conn.execute(
+            sql.SQL("SET statement_timeout = {}").format(sql.Literal(int(self.statement_timeout_ms)))
+        )
+
+    @staticmethod
+    def _returned(conn: psycopg.Connection) -> None:
+        conn._geoharbor_idle_since = time.monotonic()  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _check(conn: psycopg.Connection) -> None:
+        """Check a connection that sat idle (the database may have restarted); skip a fresh one.
+
+        Checking every checkout would cost a round trip per request.
+        """
+        idle_since = getattr(conn, "_geoharbor_idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since > IDLE_CHECK_S:
+            ConnectionPool.check_connection(conn)
 
     @property
     def pool(self) -> ConnectionPool:
@@ -126,7 +145,8 @@ class PostGISDatabase:
                         min_size=self.pool_min,
                         max_size=self.pool_max,
                         configure=self._configure,
-                        check=ConnectionPool.check_connection,
+                        reset=self._returned,
+                        check=self._check,
                         timeout=self.connect_timeout_s,
                         kwargs={"connect_timeout": int(self.connect_timeout_s)},
                         open=True,
@@ -418,6 +438,7 @@ class PostGISProvider(FeatureProvider):
         self._id_default = schema.id_has_default
         self._rows = 0
         self._rows_at = -ROW_ESTIMATE_TTL_S
+        self._sql_cache: dict[tuple, sql.SQL] = {}
 
     def ping(self) -> bool:
         return self.db.ping()
@@ -432,8 +453,21 @@ class PostGISProvider(FeatureProvider):
         return geom
 
     def _feature_json(self, crs: CRS, properties: list[str] | None, skip_geometry: bool) -> sql.Composable:
-        """SQL text of one GeoJSON Feature; the geometry's GeoJSON is spliced in as text."""
+        """SQL text of one GeoJSON Feature; the geometry's GeoJSON is spliced in as text.
+
+        Rendered once per output shape (CRS, properties, geometry or not) and kept, as
+        Martin keeps its tile SQL: a request only composes its WHERE clause.
+        """
         names = self.schema.selected(properties)
+        key = (crs, tuple(names), skip_geometry)
+        found = self._sql_cache.get(key)
+        if found is None:
+            if len(self._sql_cache) >= SQL_CACHE_SIZE:
+                self._sql_cache.clear()
+            found = self._sql_cache[key] = sql.SQL(self._render_feature_json(crs, names, skip_geometry))
+        return found
+
+    def _render_feature_json(self, crs: CRS, names: list[str], skip_geometry: bool) -> str:
         if names:
             calls = []
             for start in range(0, len(names), PAIRS_PER_CALL):
@@ -456,10 +490,14 @@ class PostGISProvider(FeatureProvider):
             geometry = sql.SQL("COALESCE(ST_AsGeoJSON({}, {}, 0), 'null')").format(
                 self._geometry_out(crs), sql.Literal(coordinate_precision(crs))
             )
-        return sql.SQL(
-            '\'{{"type":"Feature","id":\' || to_json({id})::text || \',"geometry":\' || {geom}'
-            " || ',\"properties\":' || {props} || '}}'"
-        ).format(id=self._id, geom=geometry, props=props)
+        return (
+            sql.SQL(
+                '\'{{"type":"Feature","id":\' || to_json({id})::text || \',"geometry":\' || {geom}'
+                " || ',\"properties\":' || {props} || '}}'"
+            )
+            .format(id=self._id, geom=geometry, props=props)
+            .as_string(None)
+        )
 
     def _where(self, query: Query) -> tuple[sql.Composable, dict[str, Any]]:
         dialect = PostGISDialect(self.schema.storage_crs.srid)
