@@ -87,36 +87,10 @@ def _items(cid: str, filter_body: Any = None) -> Response:
             mimetype=MEDIA[fmt],
             headers=_crs_headers(query.crs),
         )
-    path = f"/collections/{cid}/items"
     matched = page.matched
 
     def nav(more: bool) -> list[dict[str, str]]:
-        args = request.args.copy()
-        args.pop("f", None)
-        links = [
-            link(url(path, _with(args, f="json")), "self", MEDIA["json"], "this document"),
-            link(url(path, _with(args, f="html")), "alternate", MEDIA["html"], "this document as HTML"),
-            link(url(f"/collections/{cid}", {"f": "json"}), "collection", "application/json", coll.title),
-        ]
-        if more:
-            links.append(
-                link(
-                    url(path, _with(args, f="json", offset=query.offset + limit)),
-                    "next",
-                    MEDIA["json"],
-                    "next page",
-                )
-            )
-        if query.offset > 0:
-            links.append(
-                link(
-                    url(path, _with(args, f="json", offset=max(0, query.offset - limit))),
-                    "prev",
-                    MEDIA["json"],
-                    "previous page",
-                )
-            )
-        return links
+        return _page_links(coll, query.offset, limit, more)
 
     head: dict[str, Any] = {"timeStamp": formats.timestamp()}
     if matched is not None:
@@ -143,6 +117,25 @@ def _items(cid: str, filter_body: Any = None) -> Response:
         mimetype=MEDIA["json"],
         headers=headers,
     )
+
+
+def _page_links(coll: Collection, offset: int, limit: int, more: bool) -> list[dict[str, str]]:
+    """self, alternate, collection, and next/prev links of a page, keeping the request's filters."""
+    path = f"/collections/{coll.id}/items"
+    args = request.args.copy()
+    args.pop("f", None)
+    links = [
+        link(url(path, _with(args, f="json")), "self", MEDIA["json"], "this document"),
+        link(url(path, _with(args, f="html")), "alternate", MEDIA["html"], "this document as HTML"),
+        link(url(f"/collections/{coll.id}", {"f": "json"}), "collection", "application/json", coll.title),
+    ]
+    if more:
+        next_args = _with(args, f="json", offset=offset + limit)
+        links.append(link(url(path, next_args), "next", MEDIA["json"], "next page"))
+    if offset > 0:
+        prev_args = _with(args, f="json", offset=max(0, offset - limit))
+        links.append(link(url(path, prev_args), "prev", MEDIA["json"], "previous page"))
+    return links
 
 
 def _with(args, **changes: Any):

@@ -66,6 +66,10 @@ class Registry:
                     prepare_threshold=spec.get("prepare_threshold", 5),
                     statement_timeout_ms=spec.get("statement_timeout_ms", 30_000),
                 )
+                if not self.sources[name].ping():
+                    # Reported on /health; its collections are not published rather than
+                    # each start-up step waiting for a database that does not answer.
+                    self.source_errors[name] = "database unreachable at start-up"
             else:
                 from providers.geopackage import GeoPackage
 
@@ -124,6 +128,9 @@ class Registry:
 
     def _publish_declared(self) -> None:
         for cid, options in self.config["collections"].items():
+            if options["source"] in self.source_errors:
+                LOGGER.error("collection %s not published: source %s is down", cid, options["source"])
+                continue
             try:
                 self._add(cid, options["source"], options)
             except Exception as exc:  # noqa: BLE001 - one bad source must not stop the rest
@@ -135,6 +142,8 @@ class Registry:
             (c.get("source"), c.get("table") or c.get("layer")) for c in self.config["collections"].values()
         }
         for name, spec in self.config["sources"].items():
+            if name in self.source_errors:
+                continue
             source = self.sources[name]
             exclude = set(spec.get("exclude", []))
             try:
