@@ -200,6 +200,24 @@ def feature_values(
     return names, values, geometry
 
 
+@dataclass(frozen=True, slots=True)
+class TileRequest:
+    """One vector tile of one collection: where it is and how to encode it.
+
+    ``bounds`` are the tile's edges in the tile matrix set's CRS (``crs``), computed
+    from z/x/y by :mod:`providers.tiles`; providers never do tile maths themselves.
+    """
+
+    layer: str  # the MVT layer name: the collection id (MapLibre's source-layer)
+    crs: CRS  # the tile matrix set's CRS (EPSG:3857 or CRS84)
+    bounds: tuple[float, float, float, float]  # minx, miny, maxx, maxy in ``crs``
+    zoom: int
+    extent: int = 4096  # tile coordinate space
+    buffer: int = 64  # in tile units, kept around the tile so lines and fills join up
+    max_features: int = 10_000  # a z0 tile of a huge table must not stall a worker
+    simplify: bool = True  # drop detail finer than a tile pixel (polygons and lines)
+
+
 class FeatureProvider(ABC):
     """A collection's data access: one per published collection.
 
@@ -232,6 +250,23 @@ class FeatureProvider(ABC):
         skip_geometry: bool = False,
     ) -> StoredFeature:
         """One feature by id; raises NotFound."""
+
+    def tile(self, request: TileRequest, query: Query) -> bytes:
+        """One Mapbox Vector Tile layer of the features in the tile (plus buffer).
+
+        ``query`` carries the filter and property selection (``properties``; None
+        means all attributes) of the request; its paging fields are ignored. The
+        feature id goes into the MVT feature id when it is an integer, and into the
+        property of the id column otherwise. Empty bytes when no feature is in the tile.
+        """
+        raise InvalidQuery("this collection has no vector tiles")
+
+    def revision(self) -> int | None:
+        """A number that changes with every write through geoharbor, shared by all processes.
+
+        Tile caches key on it; None means the store cannot say, and nothing is cached.
+        """
+        return None
 
     # -- writes (one transaction each) ----------------------------------------
     @abstractmethod
