@@ -39,6 +39,7 @@ from providers.base import (
     GeometryEncoding,
     Query,
     StoredFeature,
+    TileRequest,
     check_if_match,
     feature_values,
 )
@@ -55,6 +56,8 @@ from providers.filters import Compiler, Dialect
 
 LOGGER = logging.getLogger(__name__)
 
+#: Where a tile statement's filter conditions go (never valid SQL, so never in a template).
+_WHERE_MARKER = "\x00where\x00"
 #: Output shapes whose feature SQL is kept per collection.
 SQL_CACHE_SIZE = 64
 #: A pooled connection idle longer than this is checked before use.
@@ -65,6 +68,13 @@ ROW_ESTIMATE_TTL_S = 30.0
 ESTIMATED_EXTENT_ABOVE = 1_000_000
 #: json_build_object takes at most 100 arguments: 50 key/value pairs per call.
 PAIRS_PER_CALL = 50
+
+REVISIONS_DDL = (
+    "CREATE SCHEMA IF NOT EXISTS geoharbor; "
+    "CREATE TABLE IF NOT EXISTS geoharbor.revisions "
+    "(source text PRIMARY KEY, revision bigint NOT NULL DEFAULT 0,"
+    " changed timestamptz NOT NULL DEFAULT now())"
+)
 
 _JSON_TYPES = {
     "int2": ("integer", None),
@@ -110,6 +120,7 @@ class PostGISDatabase:
         self.connect_timeout_s = connect_timeout_s
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
+        self._revisions: bool | None = None
 
     def _configure(self, conn: psycopg.Connection) -> None:
         # Reads are single statements: autocommit spares a BEGIN and a COMMIT round trip
@@ -160,6 +171,26 @@ class PostGISDatabase:
             return self.pool.connection()
         except (PoolTimeout, psycopg.OperationalError) as exc:
             raise Unavailable(f"database unavailable: {exc}") from exc
+
+    def ensure_revisions(self) -> bool:
+        """Create the table of collection revisions if it is missing; False when we may not.
+
+        Revisions live in the database the data lives in, so a write and its revision
+        bump commit together and every geoharbor process sees the same number.
+        """
+        if self._revisions is None:
+            try:
+                with self.pool.connection() as conn, conn.transaction():
+                    conn.execute(REVISIONS_DDL)
+                self._revisions = True
+            except psycopg.Error as exc:
+                LOGGER.warning(
+                    "no revision table in %s (%s): tiles of its collections are not cached",
+                    _safe_url(self.url),
+                    _pg_message(exc),
+                )
+                self._revisions = False
+        return self._revisions
 
     def ping(self) -> bool:
         try:
@@ -443,6 +474,22 @@ class PostGISProvider(FeatureProvider):
     def ping(self) -> bool:
         return self.db.ping()
 
+    @property
+    def _source_key(self) -> str:
+        return f"{self.ref.schema}.{self.ref.table}"
+
+    def revision(self) -> int | None:
+        if not self.db.ensure_revisions():
+            return None
+        with self.db.connection() as conn:
+            try:
+                row = conn.execute(
+                    "SELECT revision FROM geoharbor.revisions WHERE source = %s", (self._source_key,)
+                ).fetchone()
+            except psycopg.Error as exc:
+                raise _read_error(exc) from exc
+        return int(row[0]) if row else 0
+
     # -- SQL pieces ----------------------------------------------------------------
     def _geometry_out(self, crs: CRS) -> sql.Composable:
         geom: sql.Composable = self._geom  # type: ignore[assignment]
@@ -642,6 +689,99 @@ class PostGISProvider(FeatureProvider):
         ).fetchone()[0]
         return int(plan[0]["Plan"]["Plan Rows"])
 
+    def tile(self, request: TileRequest, query: Query) -> bytes:
+        """One MVT layer built entirely in PostGIS (ST_AsMVTGeom, ST_AsMVT).
+
+        The tile's envelope (plus buffer) is moved into the storage CRS to use the
+        spatial index; only the selected rows are transformed to the tile's CRS. The
+        statement is rendered once per output shape and only the envelope (from
+        z/x/y) and filter values are bound.
+        """
+        if self._geom is None:
+            return b""
+        names = self.schema.selected(query.properties)
+        dialect = PostGISDialect(self.schema.storage_crs.srid)
+        conditions = Query(
+            filter=query.filter, filter_crs=query.filter_crs, equals=query.equals, datetime=query.datetime
+        )
+        clause = Compiler(self.schema, dialect).where(conditions)
+        params = dialect.params
+        head, tail = self._tile_sql(request, tuple(names))
+        where = sql.SQL(" AND {}").format(clause) if clause is not None else sql.SQL("")
+        statement = sql.Composed([head, where, tail])
+        minx, miny, maxx, maxy = request.bounds
+        margin = (maxx - minx) * request.buffer / request.extent
+        params.update(
+            {
+                "_minx": minx,
+                "_miny": miny,
+                "_maxx": maxx,
+                "_maxy": maxy,
+                "_margin": margin,
+                "_layer": request.layer,
+            }
+        )
+        with self.db.connection() as conn:
+            try:
+                row = conn.execute(statement, params).fetchone()
+            except psycopg.Error as exc:
+                raise _read_error(exc) from exc
+        return bytes(row[0]) if row and row[0] else b""
+
+    def _tile_sql(self, request: TileRequest, names: tuple[str, ...]) -> tuple[sql.SQL, sql.SQL]:
+        """The tile statement of one output shape, before and after its filter conditions."""
+        storage = self.schema.storage_crs.srid
+        tms = request.crs.srid
+        key = ("tile", tms, names, request.extent, request.buffer, request.max_features, request.simplify)
+        template = self._sql_cache.get(key)
+        if template is not None:
+            return template
+        envelope = sql.SQL("ST_MakeEnvelope(%(_minx)s, %(_miny)s, %(_maxx)s, %(_maxy)s, {})").format(
+            sql.Literal(tms)
+        )
+        search = sql.SQL("ST_Expand({}, %(_margin)s)").format(envelope)
+        geom: sql.Composable = sql.SQL("t.{}").format(self._geom)
+        if storage != tms:
+            # Densified so the curved edges of the reprojected box still cover the tile.
+            search = sql.SQL("ST_Transform(ST_Segmentize({}, (%(_maxx)s - %(_minx)s) / 8), {})").format(
+                search, sql.Literal(storage)
+            )
+            geom = sql.SQL("ST_Transform({}, {})").format(geom, sql.Literal(tms))
+        if request.simplify and (self.schema.geometry_type or "").upper() not in ("POINT", "MULTIPOINT"):
+            # Detail finer than a tile pixel is invisible: drop it before clipping and encoding.
+            geom = sql.SQL("ST_Simplify({}, (%(_maxx)s - %(_minx)s) / {}, true)").format(
+                geom, sql.Literal(request.extent)
+            )
+        columns = [sql.SQL("t.{} AS {}").format(self._id, self._id)]
+        columns += [sql.SQL("t.{} AS {}").format(sql.Identifier(n), sql.Identifier(n)) for n in names]
+        id_name = sql.SQL("")
+        if self.schema.id_type == "integer":
+            id_name = sql.SQL(", {}").format(sql.Literal(self.schema.id_field))
+        rendered = sql.SQL(
+            "SELECT ST_AsMVT(q, %(_layer)s, {extent}, '__geom'{id_name}) FROM ("
+            "SELECT ST_AsMVTGeom({geom}, {envelope}, {extent}, {buffer}, true) AS __geom, {columns} "
+            "FROM {table} AS t WHERE t.{geomcol} && {search}{marker} LIMIT {limit}"
+            ") AS q WHERE q.__geom IS NOT NULL"
+        ).format(
+            extent=sql.Literal(request.extent),
+            id_name=id_name,
+            geom=geom,
+            envelope=envelope,
+            buffer=sql.Literal(request.buffer),
+            columns=sql.SQL(", ").join(columns),
+            table=self._table,
+            geomcol=self._geom,
+            search=search,
+            marker=sql.SQL(_WHERE_MARKER),
+            limit=sql.Literal(request.max_features),
+        )
+        head, _, tail = rendered.as_string(None).partition(_WHERE_MARKER)
+        template = (sql.SQL(head), sql.SQL(tail))
+        if len(self._sql_cache) >= SQL_CACHE_SIZE:
+            self._sql_cache.clear()
+        self._sql_cache[key] = template
+        return template
+
     def records(self, query: Query, geometry: GeometryEncoding = "wkt") -> tuple[list[str], Iterator[tuple]]:
         names = self.schema.selected(query.properties)
         columns = [sql.SQL("t.{}").format(self._id)]
@@ -726,7 +866,14 @@ class PostGISProvider(FeatureProvider):
         with self.db.connection() as conn:
             try:
                 with conn.transaction():
-                    return work(conn)
+                    result = work(conn)
+                    if self.db.ensure_revisions():
+                        conn.execute(
+                            "INSERT INTO geoharbor.revisions AS r (source, revision) VALUES (%s, 1) "
+                            "ON CONFLICT (source) DO UPDATE SET revision = r.revision + 1, changed = now()",
+                            (self._source_key,),
+                        )
+                    return result
             except ProviderError:
                 raise
             except psycopg.errors.UniqueViolation as exc:
@@ -828,6 +975,13 @@ def _pg_cell(field: Field, value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return psycopg.types.json.Jsonb(value) if field.type == "object" else orjson.dumps(value).decode()
     return value
+
+
+def _safe_url(url: str) -> str:
+    """A connection URL without its password, for logs."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info.pop("password", None)
+    return " ".join(f"{k}={v}" for k, v in info.items())
 
 
 def _pg_message(exc: psycopg.Error) -> str:

@@ -11,9 +11,10 @@ from flask import Flask, Response, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from server import config as config_module
-from server import errors, features, health, ogc
+from server import errors, features, health, ogc, tiles, viewer
 from server.pygeoapi_bridge import PygeoapiCore
 from server.registry import Registry
+from server.tiles import TileCache
 
 LOGGER = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class State:
     config: dict[str, Any]
     registry: Registry
     core: PygeoapiCore
+    tile_cache: TileCache
 
 
 def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
@@ -40,14 +42,17 @@ def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
     app.config["GEOHARBOR"] = config
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False
-    app.extensions["geoharbor"] = State(config, registry, PygeoapiCore(config, registry))
+    tile_cache = TileCache(config["server"]["tiles"]["cache_mb"] << 20)
+    app.extensions["geoharbor"] = State(config, registry, PygeoapiCore(config, registry), tile_cache)
     if config["server"]["trust_proxy_headers"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
     errors.install(app)
     # Our feature routes first: they own items and item for every method.
     app.register_blueprint(features.blueprint)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(tiles.blueprint)
     app.register_blueprint(ogc.blueprint)
+    app.register_blueprint(viewer.blueprint)
     _install_cors(app, config["server"]["cors_origins"])
     LOGGER.info("geoharbor serving %d collections", len(registry.collections))
     return app

@@ -39,6 +39,29 @@ _COLLECTION = {
         "editable": {"type": "boolean"},
         "count": {"enum": ["exact", "estimate", "auto", "none"]},
         "crs": {"type": "array", "items": {"type": ["string", "integer"]}},
+        "tiles": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "minzoom": {"type": "integer", "minimum": 0, "maximum": 30},
+                "maxzoom": {"type": "integer", "minimum": 0, "maximum": 30},
+                "extent": {"type": "integer", "minimum": 256, "maximum": 65536},
+                "buffer": {"type": "integer", "minimum": 0, "maximum": 4096},
+                "max_features": {"type": "integer", "minimum": 1},
+                "simplify": {"type": "boolean"},
+            },
+        },
+    },
+}
+
+_SERVER_TILES = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "cache_mb": {"type": "integer", "minimum": 0},
+        "max_age": {"type": "integer", "minimum": 0},
+        "empty": {"enum": ["204", "mvt"]},
+        "gzip_min_bytes": {"type": "integer", "minimum": 0},
     },
 }
 
@@ -63,6 +86,7 @@ _SCHEMA: dict[str, Any] = {
                 "trust_proxy_headers": {"type": "boolean"},
                 "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
                 "crs": {"type": "array", "items": {"type": ["string", "integer"]}},
+                "tiles": _SERVER_TILES,
             },
         },
         "sources": {
@@ -125,6 +149,16 @@ DEFAULTS: dict[str, Any] = {
     "trust_proxy_headers": False,
     "log_level": "INFO",
     "crs": [],
+    "tiles": {},
+}
+TILE_DEFAULTS: dict[str, Any] = {"cache_mb": 64, "max_age": 0, "empty": "204", "gzip_min_bytes": 512}
+COLLECTION_TILE_DEFAULTS: dict[str, Any] = {
+    "minzoom": 0,
+    "maxzoom": 22,
+    "extent": 4096,
+    "buffer": 64,
+    "max_features": 10_000,
+    "simplify": True,
 }
 
 
@@ -188,6 +222,9 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         if key not in coll:
             raise ConfigError(f"collections.{name}: a {source['type']} collection needs '{key}'")
     server = config["server"]
+    server["tiles"] = {**TILE_DEFAULTS, **server["tiles"]}
+    for coll in config["collections"].values():
+        coll["tiles"] = {**COLLECTION_TILE_DEFAULTS, **coll.get("tiles", {})}
     if server["limit_default"] > server["limit_max"]:
         raise ConfigError("server.limit_default: must not exceed server.limit_max")
     return config

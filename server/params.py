@@ -35,6 +35,8 @@ ITEM_PARAMS = {
     "skipGeometry",
     "lang",
 }
+#: Parameters of a vector tile request.
+TILE_PARAMS = {"f", "properties", "filter", "filter-lang", "filter-crs", "datetime"}
 #: Parameters that real clients add and that must not be an error.
 TOLERATED = {"_", "resulttype"}
 FILTER_LANGS = {
@@ -134,40 +136,20 @@ def parse_bool(args: MultiDict, name: str) -> bool:
     return raw in ("true", "1")
 
 
-def items_query(
-    args: MultiDict,
-    schema: CollectionSchema,
-    *,
-    limit_default: int,
-    limit_max: int,
-    filter_body: Any = None,
-) -> Query:
-    """The :class:`Query` of an items request; raises InvalidQuery on any bad parameter."""
+def _check_known(args: MultiDict, schema: CollectionSchema, known: set[str]) -> None:
     unknown = [
         k
         for k in args
-        if k not in ITEM_PARAMS and k not in TOLERATED and k not in schema.fields and k != schema.id_field
+        if k not in known and k not in TOLERATED and k not in schema.fields and k != schema.id_field
     ]
     if unknown:
         raise InvalidQuery(f"unknown query parameter {unknown[0][:60]!r}")
-    query = Query(
-        limit=_int(args, "limit", limit_default, 1, limit_max),
-        offset=_int(args, "offset", 0, 0),
-        crs=parse_crs_param(args, "crs"),
-        bbox_crs=parse_crs_param(args, "bbox-crs"),
-        filter_crs=parse_crs_param(args, "filter-crs"),
-        skip_geometry=parse_bool(args, "skipGeometry"),
-    )
-    if args.get("bbox"):
-        query.bbox = parse_bbox(args["bbox"])  # type: ignore[assignment]
-    elif "bbox-crs" in args:
-        raise InvalidQuery("bbox-crs: only meaningful together with bbox")
+
+
+def _conditions(args: MultiDict, schema: CollectionSchema, query: Query, filter_body: Any = None) -> None:
+    """datetime, property equality, properties and filter: the parts items and tiles share."""
     if args.get("datetime"):
         query.datetime = parse_datetime(args["datetime"])
-    if args.get("sortby"):
-        query.sortby = parse_sortby(args["sortby"])
-        for name, _ in query.sortby:
-            schema.check_property(name)
     if "properties" in args:
         names = [p.strip() for p in args["properties"].split(",") if p.strip()]
         for name in names:
@@ -185,4 +167,41 @@ def items_query(
         query.filter = filter_body
     elif text:
         query.filter = parse_cql2(text, lang)
+
+
+def items_query(
+    args: MultiDict,
+    schema: CollectionSchema,
+    *,
+    limit_default: int,
+    limit_max: int,
+    filter_body: Any = None,
+) -> Query:
+    """The :class:`Query` of an items request; raises InvalidQuery on any bad parameter."""
+    _check_known(args, schema, ITEM_PARAMS)
+    query = Query(
+        limit=_int(args, "limit", limit_default, 1, limit_max),
+        offset=_int(args, "offset", 0, 0),
+        crs=parse_crs_param(args, "crs"),
+        bbox_crs=parse_crs_param(args, "bbox-crs"),
+        filter_crs=parse_crs_param(args, "filter-crs"),
+        skip_geometry=parse_bool(args, "skipGeometry"),
+    )
+    if args.get("bbox"):
+        query.bbox = parse_bbox(args["bbox"])  # type: ignore[assignment]
+    elif "bbox-crs" in args:
+        raise InvalidQuery("bbox-crs: only meaningful together with bbox")
+    if args.get("sortby"):
+        query.sortby = parse_sortby(args["sortby"])
+        for name, _ in query.sortby:
+            schema.check_property(name)
+    _conditions(args, schema, query, filter_body)
+    return query
+
+
+def tile_query(args: MultiDict, schema: CollectionSchema) -> Query:
+    """The conditions of a collection's vector tile request (filter, datetime, equality, properties)."""
+    _check_known(args, schema, TILE_PARAMS)
+    query = Query(filter_crs=parse_crs_param(args, "filter-crs"))
+    _conditions(args, schema, query)
     return query

@@ -45,6 +45,12 @@ EXTRA_CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/features",
     "http://www.opengis.net/spec/ogcapi-features-5/1.0/conf/queryables",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+    "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/core",
+    "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tileset",
+    "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tilesets-list",
+    "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/geodata-tilesets",
+    "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/mvt",
+    "http://www.opengis.net/spec/tms/2.0/conf/json-tilematrixset",
 ]
 
 FILTER_LANGS = ["cql2-text", "cql2-json", "cql-text"]
@@ -73,7 +79,20 @@ def pygeoapi_config(config: dict[str, Any], registry: Registry, base_url: str) -
             "title": coll.title,
             "description": coll.description,
             "keywords": coll.keywords or [coll.source_type],
-            "links": [],
+            "links": [
+                {
+                    "type": "application/json",
+                    "rel": "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector",
+                    "title": "Vector tiles",
+                    "href": f"{base_url}/collections/{coll.id}/tiles",
+                },
+                {
+                    "type": "text/html",
+                    "rel": "preview",
+                    "title": "Map of the vector tiles",
+                    "href": f"{base_url}/collections/{coll.id}/map",
+                },
+            ],
             "extents": extents,
             "providers": [
                 {
@@ -174,6 +193,7 @@ def _patch_openapi(doc: dict[str, Any], registry: Registry) -> dict[str, Any]:
             for code, response in (responses or {}).items():
                 if isinstance(response, dict) and "$ref" not in response and "description" not in response:
                     response["description"] = "Success" if str(code).startswith("2") else "Failure"
+    _add_tile_paths(doc, registry)
     for coll in registry.collections.values():
         items = paths.get(f"/collections/{coll.id}/items")
         if items and "get" in items:
@@ -221,6 +241,87 @@ def _patch_openapi(doc: dict[str, Any], registry: Registry) -> dict[str, Any]:
     return doc
 
 
+def _tile_path_parameters(*names: str) -> list[dict[str, Any]]:
+    described = {
+        "tileMatrixSetId": {"type": "string", "enum": ["WebMercatorQuad", "WorldCRS84Quad"]},
+        "tileMatrix": {"type": "integer", "minimum": 0},
+        "tileRow": {"type": "integer", "minimum": 0},
+        "tileCol": {"type": "integer", "minimum": 0},
+    }
+    return [{"name": n, "in": "path", "required": True, "schema": described[n]} for n in names]
+
+
+def _json_get(summary: str, tag: str, parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "tags": [tag],
+            "parameters": parameters or [],
+            "responses": {
+                "200": {
+                    "description": summary,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "404": {"$ref": "#/components/responses/NotFound"},
+            },
+        }
+    }
+
+
+def _add_tile_paths(doc: dict[str, Any], registry: Registry) -> None:
+    """OGC API - Tiles routes (served by geoharbor, not pygeoapi) in the document."""
+    paths = doc.setdefault("paths", {})
+    tms = _tile_path_parameters("tileMatrixSetId")
+    zyx = _tile_path_parameters("tileMatrixSetId", "tileMatrix", "tileRow", "tileCol")
+    mvt = {
+        "200": {
+            "description": "A Mapbox Vector Tile",
+            "content": {
+                "application/vnd.mapbox-vector-tile": {"schema": {"type": "string", "format": "binary"}}
+            },
+        },
+        "204": {"description": "No feature in this tile"},
+        "304": {"description": "Not modified since the ETag sent in If-None-Match"},
+        "404": {"$ref": "#/components/responses/NotFound"},
+    }
+    paths["/tileMatrixSets"] = _json_get("The tile matrix sets", "tiles")
+    paths["/tileMatrixSets/{tileMatrixSetId}"] = _json_get("A tile matrix set", "tiles", tms)
+    composite = [
+        {
+            "name": "collections",
+            "in": "query",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "Comma-separated collection ids, one MVT layer each",
+        }
+    ]
+    paths["/tiles/{tileMatrixSetId}/{tileMatrix}/{tileRow}/{tileCol}"] = {
+        "get": {
+            "summary": "A vector tile of several collections",
+            "tags": ["tiles"],
+            "parameters": zyx + composite,
+            "responses": mvt,
+        }
+    }
+    for coll in registry.collections.values():
+        base = f"/collections/{coll.id}/tiles"
+        paths[base] = _json_get(f"Tilesets of {coll.title}", coll.id)
+        paths[base + "/{tileMatrixSetId}"] = _json_get(f"Tileset of {coll.title}", coll.id, tms)
+        paths[base + "/{tileMatrixSetId}/tilejson.json"] = _json_get(
+            f"TileJSON of {coll.title}", coll.id, tms
+        )
+        query = [{"$ref": f"#/components/parameters/{n}"} for n in ("filter", "filter-lang", "filter-crs")]
+        query.append({"name": "properties", "in": "query", "required": False, "schema": {"type": "string"}})
+        paths[base + "/{tileMatrixSetId}/{tileMatrix}/{tileRow}/{tileCol}"] = {
+            "get": {
+                "summary": f"A vector tile of {coll.title}",
+                "tags": [coll.id],
+                "parameters": zyx + query,
+                "responses": mvt,
+            }
+        }
+
+
 _LINK = {
     "type": "object",
     "required": ["href"],
@@ -234,8 +335,11 @@ _EXCEPTION = {
 _GEOMETRY = {
     "type": "object",
     "required": ["type"],
-    "properties": {"type": {"type": "string"}, "coordinates": {"type": "array"},
-                   "geometries": {"type": "array"}},
+    "properties": {
+        "type": {"type": "string"},
+        "coordinates": {"type": "array"},
+        "geometries": {"type": "array"},
+    },
 }
 
 
@@ -250,21 +354,51 @@ _LOCAL: dict[str, tuple[str, str, Any]] = {
     "#/components/schemas/link": ("schemas", "link", _LINK),
     "Geometry.json": ("schemas", "geometryGeoJSON", _GEOMETRY),
     "cql2.json": ("schemas", "cql2expression", {"type": "object", "description": "A CQL2 JSON expression"}),
-    "#/components/responses/LandingPage": ("responses", "LandingPage", _json_response(
-        "The landing page", {"type": "object", "properties": {"links": {"type": "array", "items": _LINK}}})),
-    "#/components/responses/Collection": ("responses", "Collection", _json_response(
-        "A collection", {"type": "object", "required": ["id", "links"]})),
-    "#/components/responses/Features": ("responses", "Features", _json_response(
-        "A page of features", {"type": "object", "required": ["type", "features"]}, "application/geo+json")),
-    "#/components/responses/InvalidParameter": ("responses", "InvalidParameter", _json_response(
-        "A query parameter is malformed", _EXCEPTION)),
-    "#/components/responses/NotFound": ("responses", "NotFound", _json_response(
-        "The collection or feature does not exist", _EXCEPTION)),
-    "#/components/responses/ServerError": ("responses", "ServerError", _json_response(
-        "A server error", _EXCEPTION)),
-    "#/components/parameters/featureId": ("parameters", "featureId", {
-        "name": "featureId", "in": "path", "required": True, "description": "The id of a feature",
-        "schema": {"type": "string"}}),
+    "#/components/responses/LandingPage": (
+        "responses",
+        "LandingPage",
+        _json_response(
+            "The landing page", {"type": "object", "properties": {"links": {"type": "array", "items": _LINK}}}
+        ),
+    ),
+    "#/components/responses/Collection": (
+        "responses",
+        "Collection",
+        _json_response("A collection", {"type": "object", "required": ["id", "links"]}),
+    ),
+    "#/components/responses/Features": (
+        "responses",
+        "Features",
+        _json_response(
+            "A page of features", {"type": "object", "required": ["type", "features"]}, "application/geo+json"
+        ),
+    ),
+    "#/components/responses/InvalidParameter": (
+        "responses",
+        "InvalidParameter",
+        _json_response("A query parameter is malformed", _EXCEPTION),
+    ),
+    "#/components/responses/NotFound": (
+        "responses",
+        "NotFound",
+        _json_response("The collection or feature does not exist", _EXCEPTION),
+    ),
+    "#/components/responses/ServerError": (
+        "responses",
+        "ServerError",
+        _json_response("A server error", _EXCEPTION),
+    ),
+    "#/components/parameters/featureId": (
+        "parameters",
+        "featureId",
+        {
+            "name": "featureId",
+            "in": "path",
+            "required": True,
+            "description": "The id of a feature",
+            "schema": {"type": "string"},
+        },
+    ),
 }
 
 

@@ -16,6 +16,7 @@ from providers.base import FeatureProvider
 from providers.crs import CRS84_URI, crs_uri, epsg_uri, parse_crs
 from providers.errors import NotFound
 from providers.postgis import PostGISDatabase, PostGISProvider, TableRef
+from server.config import COLLECTION_TILE_DEFAULTS
 
 LOGGER = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class Collection:
     source: str
     source_type: str
     crs: list[str] = field(default_factory=list)
+    #: Vector tile options (zoom range, extent, buffer, feature cap, simplification).
+    tiles: dict[str, Any] = field(default_factory=lambda: dict(COLLECTION_TILE_DEFAULTS))
 
     @property
     def editable(self) -> bool:
@@ -124,6 +127,7 @@ class Registry:
             source=source_name,
             source_type=spec["type"],
             crs=self._crs_list(schema.storage_crs.srid, options.get("crs", [])),
+            tiles={**COLLECTION_TILE_DEFAULTS, **options.get("tiles", {})},
         )
 
     def _publish_declared(self) -> None:
