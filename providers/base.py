@@ -216,6 +216,8 @@ class TileRequest:
     buffer: int = 64  # in tile units, kept around the tile so lines and fills join up
     max_features: int = 10_000  # a z0 tile of a huge table must not stall a worker
     simplify: bool = True  # drop detail finer than a tile pixel (polygons and lines)
+    #: Asked now and then while the tile is computed; True means nobody waits for it any more.
+    client_gone: Callable[[], bool] | None = field(default=None, compare=False)
 
 
 class FeatureProvider(ABC):

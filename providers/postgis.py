@@ -12,11 +12,12 @@ and streamed in batches, in bounded memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -60,6 +61,8 @@ LOGGER = logging.getLogger(__name__)
 _WHERE_MARKER = "\x00where\x00"
 #: Output shapes whose feature SQL is kept per collection.
 SQL_CACHE_SIZE = 64
+#: How often a running tile statement checks whether its client is still there.
+CANCEL_POLL_S = 0.1
 #: A pooled connection idle longer than this is checked before use.
 IDLE_CHECK_S = 5.0
 #: How long the planner's row count of a table is trusted before it is read again.
@@ -721,7 +724,7 @@ class PostGISProvider(FeatureProvider):
                 "_layer": request.layer,
             }
         )
-        with self.db.connection() as conn:
+        with self.db.connection() as conn, _cancel_when(conn, request.client_gone):
             try:
                 row = conn.execute(statement, params).fetchone()
             except psycopg.Error as exc:
@@ -975,6 +978,33 @@ def _pg_cell(field: Field, value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return psycopg.types.json.Jsonb(value) if field.type == "object" else orjson.dumps(value).decode()
     return value
+
+
+@contextlib.contextmanager
+def _cancel_when(conn: psycopg.Connection, gone: Callable[[], bool] | None) -> Iterator[None]:
+    """Cancel the connection's running statement once ``gone()`` says its client left.
+
+    A tile of a big table at a low zoom can run for seconds; a map panned away has
+    already dropped the request, and PostgreSQL should stop working on it too.
+    """
+    if gone is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(CANCEL_POLL_S):
+            if gone():
+                conn.cancel_safe()
+                return
+
+    watcher = threading.Thread(target=watch, name="geoharbor-cancel", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
 
 
 def _safe_url(url: str) -> str:

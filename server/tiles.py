@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import select
+import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -93,12 +96,29 @@ def _layer_tile(coll: Collection, tms: TileMatrixSet, z: int, y: int, x: int, ar
             buffer=options["buffer"],
             max_features=options["max_features"],
             simplify=options["simplify"],
+            client_gone=_client_gone(),
         ),
         query,
     )
     if revision is not None:
         _cache().put(key, tile)
     return tile
+
+
+def _client_gone() -> Callable[[], bool] | None:
+    """Whether the client closed its connection (gunicorn hands us its socket), or None."""
+    sock = request.environ.get("gunicorn.socket")
+    if sock is None:
+        return None
+
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    return gone
 
 
 def _tile_response(tile: bytes) -> Response:

@@ -75,6 +75,9 @@ CREATE VIEW big_countries AS SELECT id, name, pop_est, geom FROM countries WHERE
 CREATE TABLE two_geoms AS
   SELECT id, name, geom, ST_Centroid(geom)::geometry(Point, 4326) AS centre FROM countries;
 ALTER TABLE two_geoms ADD PRIMARY KEY (id);
+-- A view that takes about 50 ms a row, for the test of cancelling abandoned tile queries.
+CREATE FUNCTION slow_true() RETURNS boolean LANGUAGE sql VOLATILE AS 'SELECT pg_sleep(0.05) IS NOT NULL';
+CREATE VIEW slow_countries AS SELECT id, name, geom FROM countries WHERE slow_true();
 ANALYZE;
 """
 
@@ -177,6 +180,12 @@ def server_config(pg_url: str, gpkg_path: Path, port: int) -> dict:
     collections["pg_view"] = {"source": "pg", "table": "big_countries", "id_column": "id"}
     collections["pg_centres"] = {"source": "pg", "table": "two_geoms", "geometry_column": "centre"}
     collections["pg_estimated"] = {"source": "pg_small_counts", "table": "countries"}
+    collections["pg_slow"] = {
+        "source": "pg",
+        "table": "slow_countries",
+        "id_column": "id",
+        "geometry_column": "geom",
+    }
     return {
         "server": {"bind": f"127.0.0.1:{port}", "workers": 2, "log_level": "WARNING", "limit_max": 100000},
         "sources": {

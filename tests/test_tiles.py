@@ -202,3 +202,22 @@ def test_edit_is_seen_by_every_worker_and_unchanged_tiles_keep_their_etag(base, 
         assert unchanged.status_code == 304
     assert requests.delete(f"{base}/collections/{cid}/items/{fid}", timeout=30).status_code == 204
     assert fid not in ids(new)
+
+
+def test_abandoned_tile_query_is_cancelled_in_postgis(base, pg):
+    """pg_slow takes about 9 s for a z0 tile; the client gives up after half a second."""
+    import time
+
+    with pytest.raises(requests.Timeout):
+        requests.get(f"{base}/collections/pg_slow/tiles/{WMQ}/0/0/0", timeout=0.5)
+    deadline = time.monotonic() + 3
+    running = 1
+    while time.monotonic() < deadline:
+        running = pg.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%slow_countries%'"
+            " AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+        if running == 0:
+            break
+        time.sleep(0.1)
+    assert running == 0
