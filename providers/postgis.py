@@ -756,7 +756,14 @@ class PostGISProvider(FeatureProvider):
                 geom, sql.Literal(request.extent)
             )
         columns = [sql.SQL("t.{} AS {}").format(self._id, self._id)]
-        columns += [sql.SQL("t.{} AS {}").format(sql.Identifier(n), sql.Identifier(n)) for n in names]
+        for name in names:
+            column = sql.SQL("t.{}").format(sql.Identifier(name))
+            native = self.schema.fields[name].native_type
+            if native == "numeric":
+                column = sql.SQL("{}::float8").format(column)  # ST_AsMVT writes numeric as text
+            elif native in ("date", "timestamp", "timestamptz", "uuid", "json", "jsonb"):
+                column = sql.SQL("{}::text").format(column)
+            columns.append(sql.SQL("{} AS {}").format(column, sql.Identifier(name)))
         id_name = sql.SQL("")
         if self.schema.id_type == "integer":
             id_name = sql.SQL(", {}").format(sql.Literal(self.schema.id_field))

@@ -38,7 +38,8 @@ def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
     # pygeoapi's localisation warns about every non-locale key of the config it renders.
     logging.getLogger("pygeoapi.l10n").setLevel(logging.ERROR)
     registry = Registry(config)
-    app = Flask(__name__)
+    # No app-wide /static route: /static serves pygeoapi's files (ogc.py), our assets live under /assets.
+    app = Flask(__name__, static_folder=None)
     app.config["GEOHARBOR"] = config
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False

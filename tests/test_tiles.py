@@ -221,3 +221,12 @@ def test_abandoned_tile_query_is_cancelled_in_postgis(base, pg):
             break
         time.sleep(0.1)
     assert running == 0
+
+
+def test_tile_attribute_types(base, backend):
+    cid = f"{backend}-countries"
+    features = decode(get_tile(base, cid, *tile_of(*PARIS, 5)))[cid]["features"]
+    france = next(f for f in features if f["properties"]["name"] == "France")
+    assert isinstance(france["properties"]["pop_est"], (int, float))
+    assert isinstance(france["properties"]["gdp_md_est"], (int, float))
+    assert france["properties"]["updated"].startswith("20")  # timestamps as ISO text
