@@ -15,12 +15,21 @@ same ETag / If-Match rules, same errors); only the engine differs:
 * GDAL-written files keep their R-tree up to date with triggers that call
   ``ST_IsEmpty``/``ST_MinX``/...; we register those functions on every connection so
   that our own INSERT/UPDATE/DELETE fire the same triggers GDAL would.
+* Vector tiles select through the same compiled WHERE clause (R-tree first) and build
+  the tile's geometries for all its features at once: reprojection and tile-space
+  scaling in one numpy pass, then GEOS clipping, simplification and snapping to the
+  tile grid over the whole array. Only the MVT encoding itself walks vertices in Python.
+* Each layer has a revision counter in a small SQLite file beside the GeoPackage
+  (``<name>.geoharbor.sqlite``), bumped after every write commits, so that tile
+  caches of all worker processes see the same number. It is not kept inside the
+  GeoPackage, where GDAL and QGIS would list it as a table of the user's data.
 
 No GDAL is needed at runtime.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -28,6 +37,7 @@ import re
 import sqlite3
 import struct
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,12 +46,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import mapbox_vector_tile
 import numpy as np
 import orjson
 import shapely
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from pyproj.exceptions import CRSError, ProjError
+from shapely.geometry.polygon import orient as orient_polygon
 
 from providers.base import (
     MISSING,
@@ -56,6 +68,7 @@ from providers.base import (
     GeometryEncoding,
     Query,
     StoredFeature,
+    TileRequest,
     check_if_match,
     feature_values,
     version_tag,
@@ -567,6 +580,176 @@ def geojson_geometries(geoms: np.ndarray) -> list[str | None]:
     return out
 
 
+# -- vector tiles -------------------------------------------------------------------------
+#: shapely type ids of the three MVT geometry families.
+_POINTS, _LINES, _POLYGONS = (0, 4), (1, 2, 5), (3, 6)
+_COLLECTION = 7
+
+
+@lru_cache(maxsize=256)
+def _area_of_use(srid: int, target: int) -> tuple[float, float, float, float] | None:
+    """Where CRS ``srid`` is meant to be used, as a box in CRS ``target``'s x/y units.
+
+    None when PROJ does not know it, or the area crosses the antimeridian (its box would
+    then be the whole world, and clamping to it would achieve nothing).
+    """
+    try:
+        area = ProjCRS.from_epsg(srid).area_of_use
+    except CRSError:
+        return None
+    if area is None or area.west >= area.east:
+        return None
+    try:
+        box = _transformer(4326, target).transform_bounds(
+            area.west, area.south, area.east, area.north, densify_pts=21
+        )
+    except (ProjError, InvalidQuery):
+        return None
+    return box if all(math.isfinite(v) for v in box) and box[0] < box[2] else None
+
+
+def _intersect_box(
+    box: tuple[float, float, float, float], other: tuple[float, float, float, float] | None
+) -> tuple[float, float, float, float] | None:
+    """The overlap of two boxes (``box`` itself when ``other`` is None); None when they are apart."""
+    if other is None:
+        return box
+    minx, miny = max(box[0], other[0]), max(box[1], other[1])
+    maxx, maxy = min(box[2], other[2]), min(box[3], other[3])
+    return (minx, miny, maxx, maxy) if minx < maxx and miny < maxy else None
+
+
+def _flatten_collection(geom: shapely.Geometry) -> shapely.Geometry | None:
+    """A GeometryCollection as one MVT feature: its parts of the highest dimension, as a multi.
+
+    An MVT feature has a single geometry type; collections are rare (GEOMETRY layers,
+    clipping artefacts), so a Python loop over their parts costs nothing that matters.
+    """
+    parts = shapely.get_parts(geom)
+    while parts.size and (shapely.get_type_id(parts) == _COLLECTION).any():
+        parts = shapely.get_parts(parts)
+    parts = parts[~shapely.is_empty(parts)]
+    if not parts.size:
+        return None
+    types = shapely.get_type_id(parts)
+    polygons = parts[np.isin(types, _POLYGONS)]
+    if polygons.size:
+        return shapely.union_all(polygons)  # overlapping parts would make an invalid multipolygon
+    lines = parts[np.isin(types, _LINES)]
+    if lines.size:
+        return shapely.multilinestrings(shapely.get_parts(lines))
+    return shapely.multipoints(shapely.get_parts(parts))
+
+
+def _single_typed(geoms: np.ndarray) -> np.ndarray:
+    """``geoms`` with every GeometryCollection replaced by :func:`_flatten_collection`'s multi."""
+    collections = np.flatnonzero(shapely.get_type_id(geoms) == _COLLECTION)
+    if collections.size:
+        geoms = geoms.copy()
+        for i in collections:
+            geoms[i] = _flatten_collection(geoms[i])
+    return geoms
+
+
+def _snap_to_grid(geoms: np.ndarray) -> np.ndarray:
+    """Geometries on the integer tile grid, with polygons valid as MVT 4.3.4.4 wants them.
+
+    Rounding every vertex is cheap but may leave a ring touching itself or collapsed;
+    GEOS snap-rounding repairs that but costs ten times more. So all are rounded, and
+    only the polygons that rounding made invalid are snap-rounded again from their
+    unrounded form (made valid first when GEOS gives up on them as they are).
+    """
+    rounded = shapely.set_precision(geoms, 1.0, mode="pointwise")
+    broken = np.flatnonzero(np.isin(shapely.get_type_id(rounded), _POLYGONS) & ~shapely.is_valid(rounded))
+    for i in broken:
+        try:
+            rounded[i] = shapely.set_precision(geoms[i], 1.0)
+        except shapely.errors.GEOSException:
+            try:
+                rounded[i] = shapely.set_precision(shapely.make_valid(geoms[i]), 1.0)
+            except shapely.errors.GEOSException:
+                LOGGER.info("a polygon stays invalid in a vector tile: GEOS cannot repair it")
+    return rounded
+
+
+def _orient_for_mvt(geoms: np.ndarray) -> np.ndarray:
+    """Exterior rings with a positive area in tile coordinates (y down), holes negative.
+
+    That is clockwise as drawn on screen, which the MVT 2.1 spec (4.3.4.4) requires so
+    that a renderer can tell exteriors from holes.
+    """
+    orient_polygons = getattr(shapely, "orient_polygons", None)  # shapely >= 2.1
+    if orient_polygons is not None:
+        return orient_polygons(geoms, exterior_cw=False)
+    out = geoms.copy()
+    for i in np.flatnonzero(np.isin(shapely.get_type_id(geoms), _POLYGONS)):
+        geom = geoms[i]
+        if geom.geom_type == "Polygon":
+            out[i] = orient_polygon(geom, 1.0)
+        else:
+            out[i] = shapely.multipolygons([orient_polygon(p, 1.0) for p in geom.geoms])
+    return out
+
+
+def _mvt_value(value: Any) -> Any:
+    """A stored value as an MVT scalar (string, number, boolean); None when it has none."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, bytes):
+        return _blob_json(value)
+    return str(value)
+
+
+#: How often (seconds) a running tile query asks whether its client is still there.
+CANCEL_POLL_S = 0.1
+#: SQLite VM instructions between two looks at the clock while a tile query runs.
+_PROGRESS_STEPS = 20_000
+
+
+@contextlib.contextmanager
+def _interruptible(conn: sqlite3.Connection, gone: Callable[[], bool] | None) -> Iterator[None]:
+    """Abort the connection's running statement once ``gone()`` says its client left.
+
+    A low-zoom tile of a big layer can take seconds of R-tree and row reads; a map
+    panned away has dropped the request already, so SQLite stops too (the statement
+    then fails as "interrupted", which reads as Unavailable).
+    """
+    if gone is None:
+        yield
+        return
+    asked = time.monotonic()
+
+    def progress() -> int:
+        nonlocal asked
+        now = time.monotonic()
+        if now - asked < CANCEL_POLL_S:
+            return 0
+        asked = now
+        return 1 if gone() else 0
+
+    conn.set_progress_handler(progress, _PROGRESS_STEPS)
+    try:
+        yield
+    finally:
+        conn.set_progress_handler(None, 0)
+
+
+def _check_client(request: TileRequest) -> None:
+    """Stop making a tile nobody waits for any more (between the costly steps)."""
+    if request.client_gone is not None and request.client_gone():
+        raise Unavailable("the client went away; its tile was abandoned")
+
+
+#: How every tile is encoded: geometries arrive already in integer tile coordinates with
+#: y pointing down and exteriors oriented (see ``GeoPackageProvider._tile_geometries``), so
+#: the encoder neither rescales, flips nor re-orients them vertex by vertex in Python.
+_MVT_OPTIONS: dict[str, Any] = {
+    "quantize_bounds": None,
+    "y_coord_down": True,
+    "check_winding_order": False,
+}
+
+
 # -- time values --------------------------------------------------------------------------
 def _time_text(value: date | datetime) -> str:
     """How GeoPackage stores DATE ('YYYY-MM-DD') and DATETIME ('YYYY-MM-DDTHH:MM:SS.SSSZ')."""
@@ -844,6 +1027,53 @@ class GeoPackage:
             self._open[conn] = pid
             local.conn, local.pid, local.generation = conn, pid, self._generation
         return conn
+
+    # -- revisions ---------------------------------------------------------------------
+    @property
+    def revisions_path(self) -> Path:
+        return Path(self.path).with_suffix(".geoharbor.sqlite")
+
+    def _revisions(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.revisions_path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS revisions (layer TEXT PRIMARY KEY, revision INTEGER NOT NULL)"
+        )
+        return conn
+
+    def revision(self, layer: str) -> int | None:
+        """The layer's write counter: 0 before geoharbor's first write, None if unreadable."""
+        if not self.revisions_path.exists():
+            return 0
+        try:
+            conn = sqlite3.connect(
+                f"{self.revisions_path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=self.busy_timeout_ms / 1000,
+            )
+            try:
+                row = conn.execute("SELECT revision FROM revisions WHERE layer = ?", (layer,)).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            LOGGER.warning("cannot read the revision of %s: %s", layer, exc)
+            return None
+        return 0 if row is None else int(row[0])
+
+    def bump_revision(self, layer: str) -> None:
+        """Count one more write to ``layer``; failures are logged (tiles are then not cached)."""
+        try:
+            conn = self._revisions()
+            try:
+                conn.execute(
+                    "INSERT INTO revisions (layer, revision) VALUES (?, 1) "
+                    "ON CONFLICT (layer) DO UPDATE SET revision = revision + 1",
+                    (layer,),
+                )
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            LOGGER.error("cannot record a write to %s in %s: %s", layer, self.revisions_path, exc)
 
     def write_lock(self) -> threading.Lock:
         """Serialises this process's writers to the file.
@@ -1188,12 +1418,18 @@ class GeoPackageProvider(FeatureProvider):
             temporal_columns=self._temporal,
         )
 
-    def _where(self, query: Query) -> tuple[str, dict[str, Any]]:
+    def _where(self, query: Query, *more: Query) -> tuple[str, dict[str, Any]]:
+        """One WHERE clause for the conditions of ``query`` and of every query in ``more``, AND-ed.
+
+        One compiler and one dialect for all of them, so their bound parameters share a
+        namespace and every spatial condition gets the R-tree prefilter.
+        """
         dialect = self._dialect()
-        clause = Compiler(self.schema, dialect).where(query)
-        if clause is None:
+        compiler = Compiler(self.schema, dialect)
+        clauses = [c for c in (compiler.where(q) for q in (*more, query)) if c is not None]
+        if not clauses:
             return "", dialect.params
-        return " WHERE " + clause, dialect.params
+        return " WHERE " + " AND ".join(clauses), dialect.params
 
     def _order(self, query: Query) -> str:
         """ORDER BY with PostgreSQL's NULL placement and the id last, for a stable order."""
@@ -1430,6 +1666,166 @@ class GeoPackageProvider(FeatureProvider):
             raise NotFound(f"feature {str(fid)[:100]!r} not found")
         return self._stored(row, crs, properties, skip_geometry)
 
+    # -- vector tiles ---------------------------------------------------------------------
+    def tile(self, request: TileRequest, query: Query) -> bytes:
+        """One MVT layer of the features within the tile and its buffer; ``b""`` when there are none.
+
+        The tile's box selects rows through the same compiler (and R-tree) as a ``bbox``
+        query, AND-ed with the request's filter, so a tile can never show a feature the
+        items of the same filter would not.
+        """
+        if self._geom is None:
+            raise InvalidQuery("this collection has no geometry, so it has no vector tiles")
+        if not request.layer:
+            raise InvalidQuery("an MVT layer needs a name")
+        names = self.schema.selected(query.properties)
+        minx, miny, maxx, maxy = (float(v) for v in request.bounds)
+        extent, buffer = int(request.extent), int(request.buffer)
+        if not (all(math.isfinite(v) for v in (minx, miny, maxx, maxy)) and minx < maxx and miny < maxy):
+            raise InvalidQuery("a tile needs finite bounds minx < maxx, miny < maxy")
+        if extent <= 0 or buffer < 0:
+            raise InvalidQuery("a tile needs a positive extent and a buffer of 0 or more")
+        pad_x, pad_y = (maxx - minx) * buffer / extent, (maxy - miny) * buffer / extent
+        box = self._tile_box((minx - pad_x, miny - pad_y, maxx + pad_x, maxy + pad_y), request.crs)
+        if box is None or request.max_features <= 0:
+            return b""
+        with_rowid = self.schema.id_type != "integer" and self._id != self._rowid
+        columns = self._columns(names, True) + (", t." + self._rowid if with_rowid else "")
+        # Tile paging makes no sense: only the filter's conditions and the tile's box apply.
+        conditions = Query(
+            datetime=query.datetime,
+            equals=query.equals,
+            filter=query.filter,
+            filter_crs=query.filter_crs,
+            bbox=query.bbox,
+            bbox_crs=query.bbox_crs,
+        )
+        if request.crs.lat_first:  # the compiler reads a bbox in the CRS's own axis order
+            box = (box[1], box[0], box[3], box[2])
+        where, params = self._where(conditions, Query(bbox=box, bbox_crs=request.crs))
+        select = _compose(
+            # rowid order is the order the R-tree's id list is read in: free, and stable.
+            "SELECT {} FROM {} AS t{} ORDER BY t.{} LIMIT :_limit",
+            columns,
+            self._table,
+            where,
+            self._rowid,
+        )
+        conn = self.gpkg.connection()
+        try:
+            with _interruptible(conn, request.client_gone):
+                rows = conn.execute(select, {**params, "_limit": int(request.max_features)}).fetchall()
+        except (sqlite3.Error, OverflowError) as exc:
+            raise _read_error(exc) from exc
+        if not rows:
+            return b""
+        _check_client(request)
+        return self._encode_tile(rows, names, request, with_rowid)
+
+    def _tile_box(
+        self, box: tuple[float, float, float, float], crs: CRS
+    ) -> tuple[float, float, float, float] | None:
+        """The tile's box (with buffer) cut to where it can be turned into a storage-CRS query.
+
+        The buffer of an edge tile reaches past the CRS's world, where PROJ wraps web
+        mercator's x around the antimeridian and makes a nonsense box. And a low-zoom
+        tile reaches far beyond the area a projected storage CRS is made for, where the
+        tile's edges project to finite but meaningless places (round the antipode of
+        a Lambert azimuthal projection, say); such a tile selects what lies in that area,
+        and shows those features whole. Geographic storage CRSs work everywhere. None:
+        the tile cannot hold features of this layer.
+        """
+        found = _intersect_box(box, _area_of_use(crs.srid, crs.srid))
+        if found is None or crs.srid == self._storage or _is_geographic(self._storage):
+            return found
+        usable = _area_of_use(self._storage, crs.srid)
+        if usable is not None and not (
+            usable[0] <= found[0]
+            and usable[1] <= found[1]
+            and found[2] <= usable[2]
+            and found[3] <= usable[3]
+        ):
+            found = _intersect_box(found, usable)
+        return found
+
+    def _tile_geometries(self, blobs: list[bytes | None], request: TileRequest) -> np.ndarray:
+        """The rows' geometries ready for MVT: integer tile coordinates, y down, clipped, valid.
+
+        One pass over all coordinates of all features reprojects them (pyproj, as
+        arrays) and scales them into tile space; GEOS then clips, simplifies and snaps
+        the whole array. What cannot be drawn (no geometry, out of the CRS, collapsed
+        below a tile unit) is None.
+        """
+        geoms = shapely.force_2d(decode_geometries(blobs))
+        coords, index = shapely.get_coordinates(geoms, return_index=True)
+        if not len(coords):
+            return np.full(len(geoms), None, dtype=object)
+        x, y = coords[:, 0], coords[:, 1]
+        if request.crs.srid != self._storage:
+            transformer = _transformer(self._storage, request.crs.srid)
+            x, y = (np.asarray(a, dtype=float) for a in transformer.transform(x, y))
+            bad = ~(np.isfinite(x) & np.isfinite(y)) & np.isfinite(coords).all(axis=1)
+            clamp = _latitude_range(request.crs.srid) if _is_geographic(self._storage) else None
+            if bad.any() and clamp is not None:
+                # The poles in web mercator: drawn at the edge of its world, as in GeoJSON output.
+                x[bad], y[bad] = transformer.transform(coords[bad, 0], np.clip(coords[bad, 1], *clamp))
+        minx, miny, maxx, maxy = (float(v) for v in request.bounds)
+        extent = int(request.extent)
+        tile = np.column_stack(((x - minx) * (extent / (maxx - minx)), (maxy - y) * (extent / (maxy - miny))))
+        geoms = shapely.set_coordinates(geoms, tile)
+        unusable = np.unique(index[~np.isfinite(tile).all(axis=1)])
+        geoms[unusable] = None
+        edge = float(request.buffer)
+        geoms = shapely.clip_by_rect(geoms, -edge, -edge, extent + edge, extent + edge)
+        types = shapely.get_type_id(geoms)
+        if request.simplify:
+            # One tile unit: finer detail cannot be drawn. Polygons keep their topology
+            # (no ring may cross another); lines may take the faster plain Douglas-Peucker.
+            polygonal = np.isin(types, (*_POLYGONS, _COLLECTION))
+            lines = np.isin(types, _LINES)
+            geoms[polygonal] = shapely.simplify(geoms[polygonal], 1.0, preserve_topology=True)
+            geoms[lines] = shapely.simplify(geoms[lines], 1.0, preserve_topology=False)
+        # An MVT feature has one geometry type; then the integer grid, valid and oriented.
+        geoms = _orient_for_mvt(_snap_to_grid(_single_typed(geoms)))
+        left = shapely.get_type_id(geoms) == _COLLECTION  # what repairing an invalid polygon made
+        if left.any():
+            geoms[left] = _orient_for_mvt(_single_typed(geoms[left]))
+        geoms[shapely.is_empty(geoms)] = None
+        return geoms
+
+    def _encode_tile(
+        self, rows: list[tuple], names: list[str], request: TileRequest, with_rowid: bool
+    ) -> bytes:
+        """MVT bytes of rows (id, geometry blob, *attributes[, rowid]) with one layer, ``request.layer``."""
+        geoms = self._tile_geometries([r[1] for r in rows], request)
+        _check_client(request)
+        converters = self._value_converters(names, for_json=True)
+        integer_ids = self.schema.id_type == "integer"
+        features = []
+        for i in np.flatnonzero(~shapely.is_missing(geoms)):
+            row = rows[i]
+            props: dict[str, Any] = {}
+            if not integer_ids:
+                props[self.schema.id_field] = _mvt_value(row[0])
+            for name, conv, value in zip(names, converters, row[2 : 2 + len(names)], strict=True):
+                value = _mvt_value(value if conv is None or value is None else conv(value))
+                if value is not None:
+                    props[name] = value
+            features.append(
+                {"geometry": geoms[i], "properties": props, "id": row[-1] if with_rowid else row[0]}
+            )
+        if not features:
+            return b""
+        return mapbox_vector_tile.encode(
+            {"name": request.layer, "features": features},
+            default_options={**_MVT_OPTIONS, "extents": int(request.extent)},
+        )
+
+    # -- revisions ------------------------------------------------------------------------
+    def revision(self) -> int | None:
+        """This layer's write counter, from the file's revision store, so every process agrees."""
+        return self.gpkg.revision(self._info.table)
+
     # -- writes ---------------------------------------------------------------------------
     def _cell(self, field: Field, value: Any) -> Any:
         """A property value as the column stores it; InvalidData when it does not fit the type."""
@@ -1539,7 +1935,11 @@ class GeoPackageProvider(FeatureProvider):
         return None if row is None else row[0]
 
     def _touch(self, conn: sqlite3.Connection, written: list[tuple[float, float, float, float]]) -> None:
-        """Record the change in gpkg_contents (and GDAL's feature count when no trigger keeps it)."""
+        """Record the change in gpkg_contents (and GDAL's feature count when no trigger keeps it).
+
+        Also counts the write in the layer's revision, in the same transaction: a tile
+        cached under the old revision can then never outlive the data it was made of.
+        """
         conn.execute(
             "UPDATE gpkg_contents SET last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
             "WHERE table_name = ?",
@@ -1587,6 +1987,8 @@ class GeoPackageProvider(FeatureProvider):
             result = work(conn, written)
             self._touch(conn, written)
             conn.execute("COMMIT")
+            # After the commit: a tile computed meanwhile is cached under the old number.
+            self.gpkg.bump_revision(self._info.table)
             return result
         except BaseException as exc:
             if conn.in_transaction:

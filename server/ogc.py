@@ -79,5 +79,4 @@ def schema(cid: str) -> Response:
 @blueprint.route("/static/<path:filename>")
 def static(filename: str) -> Response:
 
-
     return send_from_directory(Path(pygeoapi.__file__).parent / "static", filename)
