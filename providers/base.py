@@ -253,6 +253,7 @@ class FeatureProvider(ABC):
     ) -> StoredFeature:
         """One feature by id; raises NotFound."""
 
+    @abstractmethod
     def tile(self, request: TileRequest, query: Query) -> bytes:
         """One Mapbox Vector Tile layer of the features in the tile (plus buffer).
 
@@ -261,7 +262,6 @@ class FeatureProvider(ABC):
         feature id goes into the MVT feature id when it is an integer, and into the
         property of the id column otherwise. Empty bytes when no feature is in the tile.
         """
-        raise InvalidQuery("this collection has no vector tiles")
 
     def revision(self) -> int | None:
         """A number that changes with every write through geoharbor, shared by all processes.
