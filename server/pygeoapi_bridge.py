@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -27,6 +28,7 @@ from server.registry import Registry
 LOGGER = logging.getLogger(__name__)
 
 PLUGIN = "providers.pygeoapi_plugin.GeoharborProvider"
+TEMPLATES = Path(__file__).resolve().parent / "templates" / "pygeoapi"
 
 #: Conformance classes geoharbor implements beyond what pygeoapi lists for features.
 EXTRA_CONFORMANCE = [
@@ -115,6 +117,8 @@ def pygeoapi_config(config: dict[str, Any], registry: Registry, base_url: str) -
             "encoding": "utf-8",
             "language": "en-US",
             "cors": False,  # geoharbor sets CORS headers itself, on every route
+            # Our templates first (a landing page with the map); pygeoapi's for the rest.
+            "templates": {"path": str(TEMPLATES)},
             "pretty_print": False,
             "limits": {
                 "default_items": server["limit_default"],

@@ -8,8 +8,16 @@ import subprocess
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +27,12 @@ def browser(tmp_path_factory):
     profile = tmp_path_factory.mktemp("chromium")
 
     def dump(url: str) -> str:
-        result = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         return result.stdout
 
@@ -37,3 +49,9 @@ def test_pages_render_in_a_browser(base, backend, browser):
     assert f"{base}/collections/{backend}-countries/items?" in page  # paging links
     item = browser(f"{base}/collections/{backend}-countries/items/1?f=html")
     assert "pop_est" in item
+
+
+def test_landing_page_embeds_the_map(base, browser):
+    landing = browser(f"{base}/?f=html")
+    assert f'src="{base}/map"' in landing
+    assert "View the collections in this service" in landing
