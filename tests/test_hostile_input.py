@@ -11,6 +11,8 @@ import sqlite3
 import pytest
 import requests
 
+from server.params import ITEM_PARAMS
+
 HOSTILE = [
     "'",
     "''",
@@ -35,23 +37,8 @@ HOSTILE = [
     "geom)) OR TRUE --",
     "a" * 3000,
 ]
-PARAMS = [
-    "limit",
-    "offset",
-    "bbox",
-    "bbox-crs",
-    "datetime",
-    "crs",
-    "filter",
-    "filter-lang",
-    "filter-crs",
-    "sortby",
-    "properties",
-    "skipGeometry",
-    "name",
-    "f",
-    "pop_est",
-]
+# Every parameter the items route reads, plus two property filters.
+PARAMS = sorted(ITEM_PARAMS - {"lang"}) + ["name", "pop_est"]
 
 
 def pg_checksum(pg) -> str:
