@@ -130,6 +130,9 @@ class PostGISDatabase:
         # each. Writes and server-side cursors open an explicit transaction.
         conn.autocommit = True
         conn.prepare_threshold = self.prepare_threshold
+        # Tile statements over big tables cost enough to trigger JIT compilation, which
+        # takes longer than it saves on queries of this size.
+        conn.execute("SET jit = off")
         # SET does not take bound parameters; the value is our own integer.
         conn.execute(
             sql.SQL("SET statement_timeout = {}").format(sql.Literal(int(self.statement_timeout_ms)))
@@ -769,9 +772,11 @@ class PostGISProvider(FeatureProvider):
             id_name = sql.SQL(", {}").format(sql.Literal(self.schema.id_field))
         rendered = sql.SQL(
             "SELECT ST_AsMVT(q, %(_layer)s, {extent}, '__geom'{id_name}) FROM ("
+            "SELECT * FROM ("
             "SELECT ST_AsMVTGeom({geom}, {envelope}, {extent}, {buffer}, true) AS __geom, {columns} "
-            "FROM {table} AS t WHERE t.{geomcol} && {search}{marker} LIMIT {limit}"
-            ") AS q WHERE q.__geom IS NOT NULL"
+            "FROM {table} AS t WHERE t.{geomcol} && {search}{marker} ORDER BY t.{id}"
+            ") AS c WHERE c.__geom IS NOT NULL LIMIT {limit}"
+            ") AS q"
         ).format(
             extent=sql.Literal(request.extent),
             id_name=id_name,
@@ -783,6 +788,7 @@ class PostGISProvider(FeatureProvider):
             geomcol=self._geom,
             search=search,
             marker=sql.SQL(_WHERE_MARKER),
+            id=self._id,
             limit=sql.Literal(request.max_features),
         )
         head, _, tail = rendered.as_string(None).partition(_WHERE_MARKER)

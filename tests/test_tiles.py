@@ -230,3 +230,11 @@ def test_tile_attribute_types(base, backend):
     assert isinstance(france["properties"]["pop_est"], (int, float))
     assert isinstance(france["properties"]["gdp_md_est"], (int, float))
     assert france["properties"]["updated"].startswith("20")  # timestamps as ISO text
+
+
+def test_tile_bytes_are_the_same_on_every_build(base, backend):
+    """Workers cache their own copies: identical bytes keep one ETag whichever worker answers."""
+    cid = f"{backend}-countries"
+    z, y, x = tile_of(*PARIS, 2)
+    etags = {get_tile(base, cid, z, y, x, properties="name,pop_est").headers["ETag"] for _ in range(6)}
+    assert len(etags) == 1
