@@ -771,12 +771,13 @@ class PostGISProvider(FeatureProvider):
         if self.schema.id_type == "integer":
             id_name = sql.SQL(", {}").format(sql.Literal(self.schema.id_field))
         rendered = sql.SQL(
+            # Ordered by id before the cap, so a tile has the same bytes on every build (and
+            # so one ETag whichever worker answers); PostgreSQL computes the MVT geometry of
+            # the rows the cap keeps only.
             "SELECT ST_AsMVT(q, %(_layer)s, {extent}, '__geom'{id_name}) FROM ("
-            "SELECT * FROM ("
             "SELECT ST_AsMVTGeom({geom}, {envelope}, {extent}, {buffer}, true) AS __geom, {columns} "
-            "FROM {table} AS t WHERE t.{geomcol} && {search}{marker} ORDER BY t.{id}"
-            ") AS c WHERE c.__geom IS NOT NULL LIMIT {limit}"
-            ") AS q"
+            "FROM {table} AS t WHERE t.{geomcol} && {search}{marker} ORDER BY t.{id} LIMIT {limit}"
+            ") AS q WHERE q.__geom IS NOT NULL"
         ).format(
             extent=sql.Literal(request.extent),
             id_name=id_name,
