@@ -506,4 +506,3 @@ def _register_conformance() -> None:
     _CONFORMANCE_DONE = True
 
 
-__all__ = ["PygeoapiCore", "pygeoapi_config", "LOGGER"]
