@@ -198,6 +198,27 @@ def server_config(pg_url: str, gpkg_path: Path, port: int) -> dict:
     }
 
 
+#: Headless Chromium as this machine can run it (as root, no network, no desktop services).
+HEADLESS_CHROMIUM = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> list[str]:
+    """The Chromium executable and its headless flags; scripts/test.sh installs it."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.fail("chromium is not installed (scripts/test.sh installs it)")
+    return [found, *HEADLESS_CHROMIUM]
+
+
 class Server:
     """A geoharbor process under gunicorn, reachable at ``url``."""
 

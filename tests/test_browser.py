@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    if CHROMIUM is None:
-        pytest.fail("chromium is not installed (scripts/test.sh installs it)")
+def browser(chromium, tmp_path_factory):
     profile = tmp_path_factory.mktemp("chromium")
 
     def dump(url: str) -> str:
         result = subprocess.run(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+            [*chromium, "--disable-gpu", f"--user-data-dir={profile}", "--dump-dom", url],
             capture_output=True,
             text=True,
             timeout=120,

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import select
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,21 +28,13 @@ from server import errors, viewer
 from server.tiles import MAX_COMPOSITE
 from server.viewer import PALETTE, bbox_of, colours, geometry_kind
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 #: Headless Chromium has no GPU here: WebGL runs on SwiftShader through ANGLE, which
 #: recent Chromium only allows with --enable-unsafe-swiftshader (--use-gl=swiftshader
 #: gives no WebGL at all). Name resolution is disabled for every host but the test
 #: server's, so the page must work offline.
 FLAGS = [
-    "--headless",
-    "--no-sandbox",
     "--use-angle=swiftshader",
     "--enable-unsafe-swiftshader",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     "--window-size=1024,768",
 ]
@@ -385,7 +376,7 @@ class Browser:
     pipe (JSON messages ending in NUL, on the browser's fds 3 and 4) waits for that.
     """
 
-    def __init__(self, profile: Path) -> None:
+    def __init__(self, chromium: list[str], profile: Path) -> None:
         to_chrome, self._out = os.pipe()
         self._in, from_chrome = os.pipe()
 
@@ -396,7 +387,7 @@ class Browser:
                 os.set_inheritable(target, True)
 
         self.process = subprocess.Popen(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
+            [*chromium, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -489,10 +480,8 @@ class Browser:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory) -> Iterator[Browser]:
-    if CHROMIUM is None:
-        pytest.fail("chromium is not installed (scripts/test.sh installs it)")
-    chrome = Browser(tmp_path_factory.mktemp("chromium-viewer"))
+def browser(chromium, tmp_path_factory) -> Iterator[Browser]:
+    chrome = Browser(chromium, tmp_path_factory.mktemp("chromium-viewer"))
     yield chrome
     chrome.close()
 
