@@ -11,7 +11,22 @@ from flask import Flask, Response, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from server import config as config_module
-from server import errors, features, health, ogc, tiles, viewer
+from server import (
+    errors,
+    features,
+    health,
+    mapfish,
+    ogc,
+    rest,
+    rest_buffer,  # noqa: F401 - registers its routes on rest.blueprint
+    rest_export,  # noqa: F401
+    rest_layers,  # noqa: F401
+    rest_maps,  # noqa: F401
+    rest_search,  # noqa: F401
+    rest_tables,  # noqa: F401
+    tiles,
+    viewer,
+)
 from server.pygeoapi_bridge import PygeoapiCore
 from server.registry import Registry
 from server.tiles import TileCache
@@ -48,12 +63,28 @@ def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
     if config["server"]["trust_proxy_headers"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
     errors.install(app)
+
+    @app.before_request
+    def follow_registry() -> None:
+        """Publish layers created or deleted by any process before answering."""
+        state: State = app.extensions["geoharbor"]
+        if state.registry.sync():
+            state.core.refresh()
+            state.tile_cache.clear()
+
     # Our feature routes first: they own items and item for every method.
     app.register_blueprint(features.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(tiles.blueprint)
     app.register_blueprint(ogc.blueprint)
     app.register_blueprint(viewer.blueprint)
+    rest_prefix = config["rest"]["prefix"]
+    app.register_blueprint(rest.blueprint, url_prefix=rest_prefix)
+    errors.use_format(app, rest_prefix, rest.rest_error)
+    app.wsgi_app = rest.RestPaths(app.wsgi_app, rest_prefix)  # type: ignore[method-assign]
+    mapfish_prefix = config["mapfish"]["prefix"]
+    app.register_blueprint(mapfish.blueprint, url_prefix=mapfish_prefix)
+    errors.use_format(app, mapfish_prefix, mapfish.mapfish_error)
     _install_cors(app, config["server"]["cors_origins"])
     LOGGER.info("geoharbor serving %d collections", len(registry.collections))
     return app

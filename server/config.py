@@ -127,6 +127,32 @@ _SCHEMA: dict[str, Any] = {
                 ],
             },
         },
+        "store": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "where geoharbor keeps its own records (layers, maps, ...)",
+            "properties": {
+                "source": {"type": "string", "description": "a postgis source: schema geoharbor of its DB"},
+                "path": {"type": "string", "minLength": 1, "description": "a SQLite file (embedded mode)"},
+                "tables": {"type": "string", "description": "the source where the REST API creates tables"},
+            },
+        },
+        "rest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "prefix": {"type": "string", "pattern": r"^/[A-Za-z0-9_./-]*[A-Za-z0-9_]$"},
+                "perpage_max": {"type": "integer", "minimum": 1},
+            },
+        },
+        "mapfish": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "prefix": {"type": "string", "pattern": r"^/[A-Za-z0-9_./-]*[A-Za-z0-9_]$"},
+                "limit_max": {"type": "integer", "minimum": 1},
+            },
+        },
         "collections": {
             "type": "object",
             "propertyNames": {"pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"},
@@ -152,6 +178,8 @@ DEFAULTS: dict[str, Any] = {
     "tiles": {},
 }
 TILE_DEFAULTS: dict[str, Any] = {"cache_mb": 64, "max_age": 0, "empty": "204", "gzip_min_bytes": 512}
+REST_DEFAULTS: dict[str, Any] = {"prefix": "/rest/1", "perpage_max": 1000}
+MAPFISH_DEFAULTS: dict[str, Any] = {"prefix": "/mapfish", "limit_max": 10_000}
 COLLECTION_TILE_DEFAULTS: dict[str, Any] = {
     "minzoom": 0,
     "maxzoom": 22,
@@ -213,6 +241,9 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         "server": {**DEFAULTS, **raw.get("server", {})},
         "sources": raw.get("sources", {}),
         "collections": raw.get("collections", {}),
+        "store": dict(raw.get("store", {})),
+        "rest": {**REST_DEFAULTS, **raw.get("rest", {})},
+        "mapfish": {**MAPFISH_DEFAULTS, **raw.get("mapfish", {})},
     }
     for name, coll in config["collections"].items():
         source = config["sources"].get(coll["source"])
@@ -227,7 +258,40 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         coll["tiles"] = {**COLLECTION_TILE_DEFAULTS, **coll.get("tiles", {})}
     if server["limit_default"] > server["limit_max"]:
         raise ConfigError("server.limit_default: must not exceed server.limit_max")
+    _check_store(config)
     return config
+
+
+def _check_store(config: dict[str, Any]) -> None:
+    """Name the store's place: a PostGIS source, or a SQLite file (embedded mode).
+
+    Without a ``store`` section the first PostGIS source holds the records; with none,
+    a SQLite file next to the first GeoPackage. ``store.tables`` (where the REST API
+    creates tables) defaults to the store's source, else the first GeoPackage.
+    """
+    store, sources = config["store"], config["sources"]
+    postgis = [n for n, s in sources.items() if s["type"] == "postgis"]
+    geopackages = [n for n, s in sources.items() if s["type"] == "geopackage"]
+    if "source" in store and "path" in store:
+        raise ConfigError("store: give either source (PostgreSQL) or path (SQLite), not both")
+    if "source" in store:
+        found = sources.get(store["source"])
+        if found is None or found["type"] != "postgis":
+            raise ConfigError(f"store.source: {store['source']!r} is not a postgis source")
+    elif "path" not in store:
+        if postgis:
+            store["source"] = postgis[0]
+        elif geopackages:
+            store["path"] = str(Path(sources[geopackages[0]]["path"]).parent / "geoharbor-state.sqlite")
+        else:
+            raise ConfigError("store: no postgis or geopackage source; set store.path to a SQLite file")
+    if "tables" in store:
+        if store["tables"] not in sources:
+            raise ConfigError(f"store.tables: no source named {store['tables']!r}")
+    elif "source" in store:
+        store["tables"] = store["source"]
+    elif geopackages:
+        store["tables"] = geopackages[0]
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -246,4 +310,7 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     for source in config["sources"].values():
         if source["type"] == "geopackage" and not os.path.isabs(source["path"]):
             source["path"] = str((file.parent / source["path"]).resolve())
+    store = config["store"]
+    if "path" in store and not os.path.isabs(store["path"]):
+        store["path"] = str((file.parent / store["path"]).resolve())
     return config

@@ -1,27 +1,59 @@
-"""The published collections: built from the configuration and from discovery.
+"""The published collections: built from the configuration, discovery and stored layers.
 
-A collection is declared in ``collections:`` or published automatically from a
+A collection is declared in ``collections:``, published automatically from a
 PostGIS schema (every table/view with a geometry column) or from every layer of a
-GeoPackage. Either way its extent, storage CRS, fields and queryables are read from
+GeoPackage, or created at run time as a *layer* record in the store (REST, MapFish,
+imports). Either way its extent, storage CRS, fields and queryables are read from
 the source. One handle per database or file is shared by its collections.
+
+Layers live in the store, not in a process: :meth:`Registry.sync` compares the
+store's generation with the one this process built from and republishes when it
+moved, so every worker and host publishes the same layers without a restart.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from providers.base import FeatureProvider
 from providers.crs import CRS84_URI, crs_uri, epsg_uri, parse_crs
-from providers.errors import NotFound
+from providers.errors import Conflict, InvalidData, NotFound, ProviderError
 from providers.postgis import PostGISDatabase, PostGISProvider, TableRef
+from providers.store import PostgresStore, Record, SQLiteStore, Store
 from server.config import COLLECTION_TILE_DEFAULTS
 
 LOGGER = logging.getLogger(__name__)
 
 #: Advertised for every collection besides its storage CRS (Part 2 ``crs`` list).
 DEFAULT_CRS = [CRS84_URI, epsg_uri(4326), epsg_uri(3857)]
+
+#: Seconds between attempts to reach a state store that did not answer.
+STORE_RETRY_S = 10.0
+
+#: A collection id a layer may take: safe in a URL path segment and as an MVT layer name.
+COLLECTION_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,62}$")
+
+#: Layer record members that ``Registry._build`` reads; the rest (name, style ...) is metadata.
+LAYER_OPTIONS = (
+    "table",
+    "layer",
+    "title",
+    "description",
+    "keywords",
+    "id_column",
+    "geometry_column",
+    "time_column",
+    "properties",
+    "editable",
+    "count",
+    "crs",
+    "tiles",
+)
 
 
 @dataclass(slots=True)
@@ -36,6 +68,9 @@ class Collection:
     crs: list[str] = field(default_factory=list)
     #: Vector tile options (zoom range, extent, buffer, feature cap, simplification).
     tiles: dict[str, Any] = field(default_factory=lambda: dict(COLLECTION_TILE_DEFAULTS))
+
+    #: The store record behind a run-time layer; None for configured and discovered ones.
+    layer_id: int | None = None
 
     @property
     def editable(self) -> bool:
@@ -54,9 +89,23 @@ class Registry:
         self.sources: dict[str, Any] = {}  # PostGISDatabase or GeoPackage, by source name
         self.source_errors: dict[str, str] = {}
         self.collections: dict[str, Collection] = {}
+        #: Layers whose source or table is gone, by layer id: reported, not published.
+        self.layer_errors: dict[int, str] = {}
+        #: Moves whenever this process's collections change; the pygeoapi core and caches follow it.
+        self.version = 0
+        self._generation: int | None = None
+        self._sync_lock = threading.Lock()
+        self.store_error: str | None = None
+        self._store_retry_at = 0.0
         self._open_sources()
         self._publish_declared()
         self._publish_discovered()
+        self._static = dict(self.collections)
+        self.store = self._open_store()
+        store_source = config.get("store", {}).get("source")
+        if store_source in self.source_errors:
+            self.store_error = self.source_errors[store_source]
+            self._store_retry_at = time.monotonic() + STORE_RETRY_S
 
     # -- building ------------------------------------------------------------------------
     def _open_sources(self) -> None:
@@ -85,6 +134,10 @@ class Registry:
         return list(dict.fromkeys(names))
 
     def _add(self, cid: str, source_name: str, options: dict[str, Any]) -> None:
+        self.collections[cid] = self._build(cid, source_name, options)
+
+    def _build(self, cid: str, source_name: str, options: dict[str, Any]) -> Collection:
+        """A collection over ``options['table']`` / ``options['layer']``, described from the source."""
         spec = self.config["sources"][source_name]
         source = self.sources[source_name]
         editable = options.get("editable", spec.get("editable", False))
@@ -118,7 +171,7 @@ class Registry:
             schema = source.describe(layer, **describe)
             source.compute_extents(layer, schema)
             provider = GeoPackageProvider(source, layer, schema, editable=editable, count_mode=count)
-        self.collections[cid] = Collection(
+        return Collection(
             id=cid,
             title=options.get("title", cid),
             description=options.get("description", f"{cid} ({spec['type']})"),
@@ -183,6 +236,120 @@ class Registry:
         except Exception as exc:  # noqa: BLE001
             LOGGER.error("collection %s not published: %s", cid, exc)
 
+    def _open_store(self) -> Store:
+        spec = self.config.get("store") or {}
+        if "source" in spec:
+            return PostgresStore(self.sources[spec["source"]])
+        return SQLiteStore(spec["path"])
+
+    # -- run-time layers -------------------------------------------------------------------
+    def sync(self) -> bool:
+        """Publish the store's layers as they are now; True when the collections changed.
+
+        One cheap read (the store's generation) when nothing changed, which is what
+        lets every request see layers created or deleted through any process.
+        """
+        if time.monotonic() < self._store_retry_at:
+            return False
+        try:
+            generation = self.store.generation()
+        except ProviderError as exc:
+            # Keep serving what is published; try the store again in a while rather
+            # than making every request wait for a database that does not answer.
+            self.store_error = exc.message
+            self._store_retry_at = time.monotonic() + STORE_RETRY_S
+            LOGGER.error("state store unavailable, layers not refreshed: %s", exc.message)
+            return False
+        self.store_error = None
+        if generation == self._generation:
+            return False
+        with self._sync_lock:
+            if generation == self._generation:
+                return False
+            collections = dict(self._static)
+            errors: dict[int, str] = {}
+            for record in self.store.list("layer"):
+                cid = record.key or f"layer-{record.id}"
+                if cid in self._static:
+                    errors[record.id] = f"collection id {cid!r} is taken by the configuration"
+                    continue
+                try:
+                    coll = self._build(cid, record.body["source"], self._layer_options(record.body))
+                except Exception as exc:  # noqa: BLE001 - one broken layer must not hide the others
+                    errors[record.id] = str(exc)
+                    LOGGER.error("layer %s (%s) not published: %s", record.id, cid, exc)
+                    continue
+                coll.layer_id = record.id
+                collections[cid] = coll
+            self.collections = collections
+            self.layer_errors = errors
+            self._generation = generation
+            self.version += 1
+            return True
+
+    @staticmethod
+    def _layer_options(body: dict[str, Any]) -> dict[str, Any]:
+        return {k: body[k] for k in LAYER_OPTIONS if k in body}
+
+    def check_layer(self, body: dict[str, Any], layer_id: int | None = None) -> str:
+        """Check that a layer record can be published; returns its collection id.
+
+        Raises InvalidData (unknown source, table or option) or Conflict (id taken)
+        before anything is stored, so a failed create leaves no half-made layer.
+        """
+        cid = body.get("collection")
+        if not isinstance(cid, str) or not COLLECTION_ID.match(cid):
+            raise InvalidData("a layer's collection id must be 1-63 letters, digits, '_', '-' or '.'")
+        source = body.get("source")
+        if source not in self.sources or source in self.source_errors:
+            raise InvalidData(f"no usable source named {str(source)[:100]!r}")
+        key = "table" if self.config["sources"][source]["type"] == "postgis" else "layer"
+        if not isinstance(body.get(key), str) or not body[key]:
+            raise InvalidData(f"a layer on source {source!r} needs '{key}'")
+        taken = self.collections.get(cid)
+        if taken is not None and (taken.layer_id is None or taken.layer_id != layer_id):
+            raise Conflict(f"collection {cid!r} already exists")
+        try:
+            self._build(cid, source, self._layer_options(body))
+        except ProviderError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - describe() failures: missing table, no key ...
+            raise InvalidData(f"cannot publish {body[key]!r}: {exc}") from exc
+        return cid
+
+    def create_layer(self, body: dict[str, Any]) -> Record:
+        """Store and publish a layer; every process publishes it on its next request."""
+        self.sync()
+        cid = self.check_layer(body)
+        record = self.store.insert("layer", body, key=cid)
+        self.sync()
+        return record
+
+    def update_layer(self, layer_id: int, body: dict[str, Any]) -> Record:
+        """Replace a layer record (it may move to another table or collection id)."""
+        self.sync()
+        self.store.get("layer", layer_id)
+        cid = self.check_layer(body, layer_id)
+        record = self.store.update("layer", layer_id, body, key=cid)
+        self.sync()
+        return record
+
+    def delete_layer(self, layer_id: int) -> Record:
+        """Unpublish a layer everywhere (its table stays)."""
+        record = self.store.delete("layer", layer_id)
+        self.sync()
+        return record
+
+    def layer_collection(self, layer_id: int) -> Collection:
+        """The published collection of a layer record; NotFound when it is not published."""
+        self.sync()
+        for coll in self.collections.values():
+            if coll.layer_id == layer_id:
+                return coll
+        if layer_id in self.layer_errors:
+            raise NotFound(f"layer {layer_id} is not published: {self.layer_errors[layer_id]}")
+        raise NotFound(f"layer {layer_id} not found")
+
     # -- use -------------------------------------------------------------------------
     def get(self, cid: str) -> Collection:
         try:
@@ -204,5 +371,6 @@ class Registry:
         return out
 
     def close(self) -> None:
+        self.store.close()
         for source in self.sources.values():
             source.close()

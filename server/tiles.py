@@ -56,6 +56,11 @@ class TileCache:
             with self._lock:
                 self._cache[key] = tile
 
+    def clear(self) -> None:
+        """Forget every tile: a collection id may now name another table."""
+        with self._lock:
+            self._cache.clear()
+
 
 def _state():
     return current_app.extensions["geoharbor"]
