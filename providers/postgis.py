@@ -198,6 +198,25 @@ class PostGISDatabase:
                 self._revisions = False
         return self._revisions
 
+    def revisions(self, keys: list[str]) -> dict[str, int] | None:
+        """The revisions of several sources in one round trip (0 for one never written).
+
+        A tile request reads its collections' revisions together with the registry's
+        generation this way; None when the revision table cannot be had.
+        """
+        if not self.ensure_revisions():
+            return None
+        with self.connection() as conn:
+            try:
+                rows = conn.execute(
+                    "SELECT source, revision FROM geoharbor.revisions WHERE source = ANY(%s)", (keys,)
+                ).fetchall()
+            except psycopg.Error as exc:
+                raise _read_error(exc) from exc
+        found = dict.fromkeys(keys, 0)
+        found.update((source, int(revision)) for source, revision in rows)
+        return found
+
     def ping(self) -> bool:
         try:
             with self.pool.connection(timeout=2.0) as conn:
@@ -484,17 +503,14 @@ class PostGISProvider(FeatureProvider):
     def _source_key(self) -> str:
         return f"{self.ref.schema}.{self.ref.table}"
 
+    @property
+    def revision_key(self) -> str:
+        """This table's row in ``geoharbor.revisions`` of :attr:`db`."""
+        return self._source_key
+
     def revision(self) -> int | None:
-        if not self.db.ensure_revisions():
-            return None
-        with self.db.connection() as conn:
-            try:
-                row = conn.execute(
-                    "SELECT revision FROM geoharbor.revisions WHERE source = %s", (self._source_key,)
-                ).fetchone()
-            except psycopg.Error as exc:
-                raise _read_error(exc) from exc
-        return int(row[0]) if row else 0
+        found = self.db.revisions([self._source_key])
+        return None if found is None else found[self._source_key]
 
     # -- SQL pieces ----------------------------------------------------------------
     def _geometry_out(self, crs: CRS) -> sql.Composable:

@@ -140,13 +140,12 @@ class PostgresStore(Store):
 
     def generation(self) -> int:
         try:
-            with self._connection() as conn:
-                row = conn.execute(
-                    "SELECT revision FROM geoharbor.revisions WHERE source = %s", (GENERATION_KEY,)
-                ).fetchone()
+            found = self.db.revisions([GENERATION_KEY])
         except psycopg.OperationalError as exc:
             raise Unavailable(f"state store unavailable: {exc}") from exc
-        return row[0] if row else 0
+        if found is None:
+            raise Unavailable("the state store's tables cannot be created (permissions?)")
+        return found[GENERATION_KEY]
 
     def list(self, kind: str) -> list[Record]:
         with self._connection() as conn:

@@ -64,13 +64,17 @@ def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
     errors.install(app)
 
+    state: State = app.extensions["geoharbor"]
+    registry.listeners += [state.core.refresh, state.tile_cache.clear]
+
     @app.before_request
     def follow_registry() -> None:
-        """Publish layers created or deleted by any process before answering."""
-        state: State = app.extensions["geoharbor"]
-        if state.registry.sync():
-            state.core.refresh()
-            state.tile_cache.clear()
+        """Publish layers created or deleted by any process before answering.
+
+        Tile routes check it themselves, in the same round trip as their revisions.
+        """
+        if request.endpoint not in tiles.SYNCS_ITSELF:
+            state.registry.sync()
 
     # Our feature routes first: they own items and item for every method.
     app.register_blueprint(features.blueprint)

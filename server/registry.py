@@ -17,6 +17,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from providers.base import FeatureProvider
 from providers.crs import CRS84_URI, crs_uri, epsg_uri, parse_crs
 from providers.errors import Conflict, InvalidData, NotFound, ProviderError
 from providers.postgis import PostGISDatabase, PostGISProvider, TableRef
-from providers.store import PostgresStore, Record, SQLiteStore, Store
+from providers.store import GENERATION_KEY, PostgresStore, Record, SQLiteStore, Store
 from server.config import COLLECTION_TILE_DEFAULTS
 
 LOGGER = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ class Registry:
         self._sync_lock = threading.Lock()
         self.store_error: str | None = None
         self._store_retry_at = 0.0
+        #: Called after this process's collections changed (pygeoapi's view, tile caches).
+        self.listeners: list[Callable[[], None]] = []
         self._open_sources()
         self._publish_declared()
         self._publish_discovered()
@@ -261,6 +264,10 @@ class Registry:
             LOGGER.error("state store unavailable, layers not refreshed: %s", exc.message)
             return False
         self.store_error = None
+        return self._rebuild(generation)
+
+    def _rebuild(self, generation: int) -> bool:
+        """Publish the store's layers if ``generation`` is not the one this process built from."""
         if generation == self._generation:
             return False
         with self._sync_lock:
@@ -285,7 +292,45 @@ class Registry:
             self.layer_errors = errors
             self._generation = generation
             self.version += 1
-            return True
+        for listener in self.listeners:
+            listener()
+        return True
+
+    def tile_state(self, cids: list[str]) -> list[tuple[Collection, int | None]]:
+        """The collections of a tile request with their revisions, as current as a write allows.
+
+        When the store and the collections live in one PostgreSQL database, the
+        registry generation and every revision come from one query: a warm tile then
+        costs one round trip, not one to check the layers and one per revision.
+        """
+        for _ in range(2):
+            found = [self.collections.get(cid) for cid in cids]
+            if any(c is None for c in found):
+                self.sync()  # perhaps a layer created a moment ago through another process
+                found = [self.get(cid) for cid in cids]
+            colls: list[Collection] = found  # type: ignore[assignment]
+            db = self._shared_database(colls)
+            revisions = None
+            if db is not None and time.monotonic() >= self._store_retry_at:
+                keys = [GENERATION_KEY, *(c.provider.revision_key for c in colls)]  # type: ignore[attr-defined]
+                revisions = db.revisions(keys)
+            if revisions is None:
+                if self.sync():
+                    continue
+                return [(c, c.provider.revision()) for c in colls]
+            if not self._rebuild(revisions[GENERATION_KEY]):
+                return [(c, revisions[c.provider.revision_key]) for c in colls]  # type: ignore[attr-defined]
+        return [(self.get(cid), None) for cid in cids]  # layers changing under us: no caching
+
+    def _shared_database(self, colls: list[Collection]) -> PostGISDatabase | None:
+        """The store's database when every collection lives in it too, else None."""
+        store_source = self.config.get("store", {}).get("source")
+        if store_source is None:
+            return None
+        db = self.sources.get(store_source)
+        if all(isinstance(c.provider, PostGISProvider) and c.provider.db is db for c in colls):
+            return db
+        return None
 
     @staticmethod
     def _layer_options(body: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,9 @@ blueprint = Blueprint("tiles", __name__)
 
 MVT = "application/vnd.mapbox-vector-tile"
 REL = "http://www.opengis.net/def/rel/ogc/1.0/"
+#: Endpoints that bring the registry up to date themselves (``Registry.tile_state``).
+SYNCS_ITSELF = frozenset({"tiles.collection_tile", "tiles.composite_tile"})
+
 #: The largest number of collections one composite tile may hold.
 MAX_COMPOSITE = 32
 
@@ -79,13 +82,14 @@ def _coordinates(tms: TileMatrixSet, z: str, y: str, x: str) -> tuple[int, int, 
     return zi, yi, xi
 
 
-def _layer_tile(coll: Collection, tms: TileMatrixSet, z: int, y: int, x: int, args) -> bytes:
+def _layer_tile(
+    coll: Collection, revision: int | None, tms: TileMatrixSet, z: int, y: int, x: int, args
+) -> bytes:
     """One collection's MVT layer, from the cache when its revision has not moved."""
     options = coll.tiles
     if not options["minzoom"] <= z <= options["maxzoom"]:
         return b""
     query = tile_query(args, coll.provider.schema)
-    revision = coll.provider.revision()
     key = (coll.id, revision, tms.id, z, y, x, tuple(sorted(args.items(multi=True))))
     if revision is not None:
         found = _cache().get(key)
@@ -325,16 +329,16 @@ def collection_tilejson(cid: str, tms_id: str) -> Response:
 
 @blueprint.route("/collections/<cid>/tiles/<tms_id>/<z>/<y>/<x>")
 def collection_tile(cid: str, tms_id: str, z: str, y: str, x: str) -> Response:
-    coll = _state().registry.get(cid)
     tms = get_tms(tms_id)
     zi, yi, xi = _coordinates(tms, z, y, x)
+    [(coll, revision)] = _state().registry.tile_state([cid])
     args = request.args.copy()
     args.pop("f", None)
-    return _tile_response(_layer_tile(coll, tms, zi, yi, xi, args))
+    return _tile_response(_layer_tile(coll, revision, tms, zi, yi, xi, args))
 
 
 # -- composite tiles: several collections, one layer each ---------------------------------------
-def _composite_collections() -> list[Collection]:
+def _composite_ids() -> list[str]:
     raw = request.args.get("collections", "")
     ids = [c.strip() for c in raw.split(",") if c.strip()]
     if not ids:
@@ -344,13 +348,13 @@ def _composite_collections() -> list[Collection]:
     unknown = [k for k in request.args if k not in ("collections", "f")]
     if unknown:
         raise InvalidQuery(f"unknown query parameter {unknown[0][:60]!r}")
-    registry = _state().registry
-    return [registry.get(cid) for cid in dict.fromkeys(ids)]
+    return list(dict.fromkeys(ids))
 
 
 @blueprint.route("/tiles/<tms_id>/tilejson.json")
 def composite_tilejson(tms_id: str) -> Response:
-    colls = _composite_collections()
+    registry = _state().registry
+    colls = [registry.get(cid) for cid in _composite_ids()]
     tms = get_tms(tms_id)
     names = ",".join(c.id for c in colls)
     template = url(f"/tiles/{tms.id}") + "/{z}/{y}/{x}?collections=" + names
@@ -359,11 +363,12 @@ def composite_tilejson(tms_id: str) -> Response:
 
 @blueprint.route("/tiles/<tms_id>/<z>/<y>/<x>")
 def composite_tile(tms_id: str, z: str, y: str, x: str) -> Response:
-    colls = _composite_collections()
+    ids = _composite_ids()
     tms = get_tms(tms_id)
     zi, yi, xi = _coordinates(tms, z, y, x)
+    colls = _state().registry.tile_state(ids)
     # A tile is a sequence of layers: concatenated single-layer tiles are one valid tile.
-    tile = b"".join(_layer_tile(c, tms, zi, yi, xi, MultiDict()) for c in colls)
+    tile = b"".join(_layer_tile(c, rev, tms, zi, yi, xi, MultiDict()) for c, rev in colls)
     return _tile_response(tile)
 
 
