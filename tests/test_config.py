@@ -77,3 +77,34 @@ def test_cli_reports_config_errors(tmp_path):
     )
     assert result.returncode == 2
     assert "server.workers" in result.stderr
+
+
+PG = {"type": "postgis", "url": "postgresql:///x"}
+GPKG = {"type": "geopackage", "path": "/srv/data/demo.gpkg"}
+
+
+@pytest.mark.parametrize(
+    ("sources", "store", "expected"),
+    [
+        ({"files": GPKG, "db": PG}, {}, {"source": "db", "tables": "db"}),
+        ({"files": GPKG}, {}, {"path": "/srv/data/geoharbor-state.sqlite", "tables": "files"}),
+        ({"files": GPKG, "db": PG}, {"path": "/tmp/s.sqlite"}, {"path": "/tmp/s.sqlite", "tables": "files"}),
+        ({"files": GPKG, "db": PG}, {"tables": "files"}, {"source": "db", "tables": "files"}),
+    ],
+)
+def test_the_store_defaults_to_the_database_else_beside_the_geopackage(sources, store, expected):
+    assert validate({"sources": sources, "store": store})["store"] == expected
+
+
+@pytest.mark.parametrize(
+    ("sources", "store", "message"),
+    [
+        ({"files": GPKG}, {"source": "files"}, "store.source: 'files' is not a postgis source"),
+        ({"db": PG}, {"source": "db", "path": "/tmp/s"}, "not both"),
+        ({"db": PG}, {"tables": "nowhere"}, "store.tables: no source named 'nowhere'"),
+        ({}, {}, "set store.path"),
+    ],
+)
+def test_store_mistakes_name_the_key(sources, store, message):
+    with pytest.raises(ConfigError, match=message):
+        validate({"sources": sources, "store": store})
