@@ -13,12 +13,16 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
+import shapely
+
 from providers.crs import CRS, CRS84
-from providers.errors import InvalidData, InvalidQuery, PreconditionFailed, ReadOnly
+from providers.errors import InvalidData, InvalidQuery, PreconditionFailed, ProviderError, ReadOnly
 
 CountMode = Literal["exact", "estimate", "auto", "none"]
 
@@ -156,6 +160,67 @@ def check_if_match(current_etag: str, if_match: str | None) -> None:
         raise PreconditionFailed("the feature has changed since it was read (ETag mismatch)")
 
 
+WriteAction = Literal["create", "replace", "update", "delete"]
+
+
+@dataclass(slots=True)
+class Write:
+    """One operation of a batch write (see :meth:`FeatureProvider.write`).
+
+    ``create`` takes ``feature`` (its ``id``, if any, is used only where the store does
+    not assign ids); ``replace`` sets every attribute (missing ones become null),
+    ``update`` only those ``feature`` carries; ``delete`` needs only ``fid``.
+    ``if_match`` is the ETag the client read, checked before the op is applied.
+    """
+
+    action: WriteAction
+    feature: dict[str, Any] | None = None
+    fid: str | None = None
+    if_match: str | None = None
+
+
+@contextmanager
+def numbered(index: int, total: int) -> Iterator[None]:
+    """Prefix the message of a client error raised by op ``index`` of a batch with its number.
+
+    A batch fails as a whole; "feature 3: ..." tells the client which of its features
+    to fix. A lone op keeps its message as it is, and server-side failures (5xx) are
+    not the client's feature's fault, so they are left alone too.
+    """
+    try:
+        yield
+    except ProviderError as exc:
+        if total <= 1 or exc.status >= 500:
+            raise
+        raise type(exc)(f"feature {index + 1}: {exc.message}") from exc
+
+
+GEOJSON_TYPES = frozenset(
+    {"Point", "LineString", "Polygon", "MultiPoint", "MultiLineString", "MultiPolygon", "GeometryCollection"}
+)
+
+
+def geometry_from_geojson(
+    geometry: Any, error: type[ProviderError] = InvalidData, prefix: str = ""
+) -> shapely.Geometry:
+    """A shapely geometry from a GeoJSON geometry object; ``error`` says why not.
+
+    Both providers read written geometries through here: GEOS refuses what GeoJSON
+    calls malformed (unclosed rings, one-position lines, bad nesting), which PostGIS'
+    ``ST_GeomFromGeoJSON`` would store as it comes.
+    """
+    if not isinstance(geometry, dict) or geometry.get("type") not in GEOJSON_TYPES:
+        raise error(f"{prefix}'geometry' must be a GeoJSON geometry object or null")
+    try:
+        geom = shapely.from_geojson(orjson.dumps(geometry))
+    except (shapely.errors.GEOSException, ValueError, TypeError, orjson.JSONEncodeError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else "invalid"
+        raise error(f"{prefix}invalid GeoJSON geometry: {first}") from exc
+    if geom is None:
+        raise error(f"{prefix}invalid GeoJSON geometry")
+    return geom
+
+
 def feature_values(
     schema: CollectionSchema,
     feature: Any,
@@ -270,16 +335,28 @@ class FeatureProvider(ABC):
         """
         return None
 
-    # -- writes (one transaction each) ----------------------------------------
+    # -- writes: one path, one transaction per call --------------------------------
     @abstractmethod
+    def write(self, ops: list[Write], crs: CRS = CRS84) -> list[StoredFeature | None]:
+        """Apply ``ops`` in order, in ONE transaction: every one of them is stored, or none.
+
+        Every write of every front door (OGC Part 4, MapFish batches, REST) comes here,
+        so validation, the collection revision (bumped once per call, which keeps
+        cached tiles fresh) and error mapping exist once per backend. Returns, for each
+        op, the feature as stored (CRS84), or None for a delete. When a batch holds
+        more than one op, an error names the op that failed ("feature 3: ...").
+        """
+
     def create(self, features: list[dict[str, Any]], crs: CRS = CRS84) -> list[StoredFeature]:
         """Insert GeoJSON features atomically; all are stored or none."""
+        return self.write([Write("create", feature) for feature in features], crs)  # type: ignore[return-value]
 
-    @abstractmethod
     def store(
         self, fid: str, feature: dict[str, Any], crs: CRS, if_match: str | None, partial: bool
     ) -> StoredFeature:
         """Write an existing feature: every attribute, or (``partial``) only those it carries."""
+        (stored,) = self.write([Write("update" if partial else "replace", feature, fid, if_match)], crs)
+        return stored  # type: ignore[return-value]
 
     def replace(
         self, fid: str, feature: dict[str, Any], crs: CRS = CRS84, if_match: str | None = None
@@ -293,9 +370,9 @@ class FeatureProvider(ABC):
         """Change only the attributes (and geometry) present in ``patch``."""
         return self.store(fid, patch, crs, if_match, partial=True)
 
-    @abstractmethod
     def delete(self, fid: str, if_match: str | None = None) -> None:
         """Remove a feature; raises NotFound."""
+        self.write([Write("delete", None, fid, if_match)])
 
     def require_editable(self) -> None:
         if not self.editable:

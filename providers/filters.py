@@ -56,6 +56,10 @@ TEMPORAL = {
     "t_startedby",
     "t_starts",
 }
+#: Distance within: ``{"op": "s_dwithin", "args": [{"property": geom}, geometry, distance]}``,
+#: the distance in units of the filter CRS. Not in CQL2 itself (pygeofilter and
+#: ECQL call it DWITHIN); MapFish's ``lon``/``lat``/``tolerance`` compile to it.
+DWITHIN = "s_dwithin"
 ARITHMETIC = {"+": "+", "-": "-", "*": "*", "/": "/"}
 MAX_DEPTH = 64
 MAX_NODES = 2000
@@ -108,6 +112,18 @@ class Dialect[F](ABC):
     @abstractmethod
     def spatial(self, op: str, lhs: F, rhs: F, envelope: tuple | None) -> F:
         """A spatial predicate; ``envelope`` is the literal's box in storage CRS, if known."""
+
+    @abstractmethod
+    def dwithin(
+        self, column: F, geojson: dict[str, Any], distance: float, crs: CRS, box: tuple[float, ...]
+    ) -> F:
+        """Rows whose geometry ``column`` lies within ``distance`` of a literal geometry.
+
+        ``geojson`` is in ``crs`` with x/y axis order and ``distance`` in that CRS's
+        units (MapFish's ``tolerance`` is in the units of its ``epsg``): the distance is
+        measured in that CRS, whatever the storage CRS is. ``box`` (minx, miny, maxx,
+        maxy in ``crs``) is the literal's bounds grown by the distance, for the index.
+        """
 
     @abstractmethod
     def like(self, lhs: F, pattern: F) -> F:
@@ -260,7 +276,7 @@ class Compiler[F]:
         args = node.get("args")
         if not isinstance(op, str) or not isinstance(args, list):
             raise InvalidQuery("filter: a predicate needs 'op' and 'args'")
-        op = op.lower() if op.lower() in SPATIAL | TEMPORAL else op
+        op = op.lower() if op.lower() in SPATIAL | TEMPORAL | {DWITHIN} else op
         if op in ("and", "or"):
             if len(args) < 2:
                 raise InvalidQuery(f"filter: {op} needs at least two arguments")
@@ -300,6 +316,9 @@ class Compiler[F]:
         if op in TEMPORAL:
             self._arity(op, args, 2)
             return self._temporal(op, args)
+        if op == DWITHIN:
+            self._arity(op, args, 3)
+            return self._dwithin(args)
         raise InvalidQuery(f"filter: unsupported operator {str(op)[:40]!r}")
 
     def _arity(self, op: str, args: list, n: int) -> None:
@@ -373,6 +392,26 @@ class Compiler[F]:
                 raise InvalidQuery(f"filter: {op} needs the geometry property and a geometry")
         return self.d.spatial(op, sides[0], sides[1], envelope)
 
+    def _dwithin(self, args: list) -> F:
+        prop, geometry, distance = args
+        if not isinstance(prop, dict) or prop.get("property") not in (
+            self.schema.geometry_field,
+            "geometry",
+            "geom",
+        ):
+            raise InvalidQuery("filter: s_dwithin needs the geometry property first")
+        if not isinstance(geometry, dict) or "type" not in geometry:
+            raise InvalidQuery("filter: s_dwithin needs a GeoJSON geometry second")
+        if isinstance(distance, bool) or not isinstance(distance, (int, float)):
+            raise InvalidQuery("filter: s_dwithin needs a distance third")
+        if not math.isfinite(distance) or distance < 0:
+            raise InvalidQuery("filter: the distance must be a finite number, zero or more")
+        if self._crs.lat_first:
+            geometry = _swap_axes(geometry)
+        minx, miny, maxx, maxy = _geojson_bounds(geometry)
+        box = (minx - distance, miny - distance, maxx + distance, maxy + distance)
+        return self.d.dwithin(self._geometry_column(), geometry, float(distance), self._crs, box)
+
     def _interval(self, node: Any) -> tuple[F | None, F | None]:
         """(start, end) of a temporal operand; None is an open end."""
         if isinstance(node, dict) and "property" in node:
@@ -445,6 +484,22 @@ class Compiler[F]:
             ),
         }
         return rules[op]()
+
+
+def _swap_axes(geometry: dict[str, Any]) -> dict[str, Any]:
+    """A GeoJSON geometry with its first two axes swapped (lat/lon to x/y)."""
+
+    def swap(coords: Any) -> Any:
+        if isinstance(coords, list) and len(coords) >= 2 and all(isinstance(c, (int, float)) for c in coords):
+            return [coords[1], coords[0], *coords[2:]]
+        if isinstance(coords, list):
+            return [swap(c) for c in coords]
+        return coords
+
+    if geometry.get("type") == "GeometryCollection":
+        parts = geometry.get("geometries")
+        return {**geometry, "geometries": [_swap_axes(g) if isinstance(g, dict) else g for g in parts or []]}
+    return {**geometry, "coordinates": swap(geometry.get("coordinates"))}
 
 
 def _geojson_bounds(geometry: dict[str, Any]) -> tuple[float, float, float, float]:

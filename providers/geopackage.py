@@ -69,8 +69,11 @@ from providers.base import (
     Query,
     StoredFeature,
     TileRequest,
+    Write,
     check_if_match,
     feature_values,
+    geometry_from_geojson,
+    numbered,
     version_tag,
 )
 from providers.crs import CRS, CRS84, coordinate_precision, from_srid
@@ -111,15 +114,6 @@ _INT_RANGES = {
 }
 _INT64 = (-(2**63), 2**63 - 1)
 
-_GEOJSON_TYPES = {
-    "Point",
-    "LineString",
-    "Polygon",
-    "MultiPoint",
-    "MultiLineString",
-    "MultiPolygon",
-    "GeometryCollection",
-}
 #: shapely type id -> GeoPackage geometry type name.
 _TYPE_NAMES = {
     0: "POINT",
@@ -461,6 +455,25 @@ def _spatial_test(op: str, a: bytes | None, b: bytes | None) -> int | None:
         return None
 
 
+def _dwithin_test(blob: bytes | None, literal: bytes, distance: float, srid: int, storage: int) -> int | None:
+    """Whether a stored geometry lies within ``distance`` of ``literal``, measured in ``srid``.
+
+    NULL for a NULL or damaged geometry, or one that cannot be moved to ``srid``, as
+    PostGIS gives no row for them either.
+    """
+    if blob is None or literal is None:
+        return None
+    try:
+        row = shapely.from_wkb(blob[_blob_header(blob)[1] :])
+        if row is None:
+            return None
+        if srid != storage:
+            row = _reproject(row, storage, srid)
+        return int(shapely.dwithin(_literal(literal).geom, row, distance))
+    except (ValueError, TypeError, struct.error, shapely.errors.GEOSException, InvalidQuery):
+        return None
+
+
 def _register_functions(conn: sqlite3.Connection) -> None:
     """What GeoPackage triggers call (GDAL's R-tree and geometry type/SRS triggers) and ours."""
     functions: list[tuple[str, int, Callable[..., Any]]] = [
@@ -473,6 +486,7 @@ def _register_functions(conn: sqlite3.Connection) -> None:
         ("ST_SRID", 1, _st_srid),
         ("GPKG_IsAssignable", 2, _gpkg_is_assignable),
         ("gh_spatial", 3, _spatial_test),
+        ("gh_dwithin", 5, _dwithin_test),
         ("gh_lower", 1, _casei),
     ]
     for name, nargs, func in functions:
@@ -853,7 +867,7 @@ class SQLiteDialect(Dialect[str]):
         return holder
 
     def geometry_literal(self, geojson: dict[str, Any], crs: CRS) -> str:
-        geom = _geometry_from_geojson(geojson, InvalidQuery, "filter: ")
+        geom = geometry_from_geojson(geojson, InvalidQuery, "filter: ")
         geom = _reproject(geom, crs.srid, self.storage_crs.srid, swap_in=crs.lat_first)
         return self._literal(geom)
 
@@ -881,9 +895,13 @@ class SQLiteDialect(Dialect[str]):
             or not all(math.isfinite(v) for v in box)
         ):
             return self.fmt("({})", exact)
+        return self.fmt("({} AND {})", self._rtree_prefilter(box), exact)
+
+    def _rtree_prefilter(self, box: tuple[float, float, float, float]) -> str:
+        """Rows whose R-tree entry meets ``box`` (storage CRS): the index part of a spatial test."""
         minx, miny, maxx, maxy = box
-        rtree = quote_ident(self.rtree)
-        prefilter = self.fmt(
+        rtree = quote_ident(self.rtree)  # type: ignore[arg-type]
+        return self.fmt(
             "{} IN (SELECT {}.id FROM {} WHERE {}.minx <= {} AND {}.maxx >= {} "
             "AND {}.miny <= {} AND {}.maxy >= {})",
             quote_ident(self.rowid_column),
@@ -898,7 +916,33 @@ class SQLiteDialect(Dialect[str]):
             rtree,
             self.param(miny),
         )
-        return self.fmt("({} AND {})", prefilter, exact)
+
+    def dwithin(
+        self, column: str, geojson: dict[str, Any], distance: float, crs: CRS, box: tuple[float, ...]
+    ) -> str:
+        geom = geometry_from_geojson(geojson, InvalidQuery, "filter: ")
+        if not np.isfinite(shapely.get_coordinates(geom)).all():
+            raise InvalidQuery("filter: geometry coordinates must be finite")
+        # The literal stays in ``crs``: gh_dwithin moves each row there and measures.
+        exact = self.fmt(
+            "gh_dwithin({}, {}, {}, {}, {})",
+            column,
+            self.param(shapely.to_wkb(geom, byte_order=1, flavor="iso")),
+            self.param(distance),
+            self.param(crs.srid),
+            self.param(self.storage_crs.srid),
+        )
+        if self.rtree is None or column != self._geom:
+            return self.fmt("({})", exact)
+        minx, miny, maxx, maxy = box
+        search = shapely.box(minx, miny, maxx, maxy)
+        if crs.srid != self.storage_crs.srid:
+            search = shapely.segmentize(search, max(maxx - minx, maxy - miny) / 16 or 1)
+            search = _reproject(search, crs.srid, self.storage_crs.srid)
+        bounds = tuple(shapely.bounds(search).tolist())
+        if not all(math.isfinite(v) for v in bounds):
+            return self.fmt("({})", exact)
+        return self.fmt("({} AND {})", self._rtree_prefilter(bounds), exact)  # type: ignore[arg-type]
 
     def like(self, lhs: str, pattern: str) -> str:
         return self.fmt("({} LIKE {} ESCAPE '\\')", self._julian.get(lhs, lhs), pattern)
@@ -908,20 +952,6 @@ class SQLiteDialect(Dialect[str]):
 
     def time_value(self, expr: str) -> str:
         return self._as_time(expr)
-
-
-def _geometry_from_geojson(geometry: Any, error: type[ProviderError], prefix: str = "") -> shapely.Geometry:
-    """A shapely geometry from a GeoJSON geometry object; ``error`` says why not."""
-    if not isinstance(geometry, dict) or geometry.get("type") not in _GEOJSON_TYPES:
-        raise error(f"{prefix}'geometry' must be a GeoJSON geometry object or null")
-    try:
-        geom = shapely.from_geojson(orjson.dumps(geometry))
-    except (shapely.errors.GEOSException, ValueError, TypeError, orjson.JSONEncodeError) as exc:
-        first = str(exc).splitlines()[0][:200] if str(exc) else "invalid"
-        raise error(f"{prefix}invalid GeoJSON geometry: {first}") from exc
-    if geom is None:
-        raise error(f"{prefix}invalid GeoJSON geometry")
-    return geom
 
 
 # -- the file -----------------------------------------------------------------------------
@@ -1142,7 +1172,8 @@ class GeoPackage:
             "SELECT table_name, data_type FROM gpkg_contents WHERE table_name = ? COLLATE NOCASE",
             (layer,),
         ).fetchone()
-        if row is None or str(row[1]).lower() != "features":
+        # Attribute tables (no geometry) too: the REST rows routes read and write them.
+        if row is None or str(row[1]).lower() not in ("features", "attributes"):
             raise NotFound(f"GeoPackage {os.path.basename(self.path)} has no feature layer {layer!r}")
         table = row[0]
         columns = tuple(
@@ -1882,7 +1913,7 @@ class GeoPackageProvider(FeatureProvider):
 
         Returns the blob and its (minx, miny, maxx, maxy), None when empty.
         """
-        geom = _geometry_from_geojson(geojson, InvalidData)
+        geom = geometry_from_geojson(geojson, InvalidData)
         try:
             geom = _reproject(geom, crs.srid, self._storage, swap_in=crs.lat_first)
         except InvalidQuery as exc:
@@ -1965,6 +1996,29 @@ class GeoPackageProvider(FeatureProvider):
                 (self._info.table,),
             )
 
+    def write(self, ops: list[Write], crs: CRS = CRS84) -> list[StoredFeature | None]:
+        """All ``ops`` in one IMMEDIATE transaction; see :meth:`FeatureProvider.write`.
+
+        SQLite does not check geometry against the layer: :meth:`_geometry_blob` does,
+        the way PostGIS typmods do (type with single-to-multi promotion, dimension,
+        CRS), so both backends accept and refuse the same features.
+        """
+        self.require_editable()
+        if not ops:
+            return []
+
+        def work(conn: sqlite3.Connection, written: list) -> list[StoredFeature | None]:
+            out: list[StoredFeature | None] = []
+            for index, op in enumerate(ops):
+                with numbered(index, len(ops)):
+                    try:
+                        out.append(self._apply(conn, op, crs, written))
+                    except (sqlite3.Error, OverflowError) as exc:
+                        raise _write_error(exc) from exc
+            return out
+
+        return self._write(work)
+
     def _write(self, work: Callable[[sqlite3.Connection, list], Any]) -> Any:
         """Run ``work(conn, written_bounds)`` in one IMMEDIATE transaction; all or nothing."""
         self.require_editable()
@@ -1993,75 +2047,90 @@ class GeoPackageProvider(FeatureProvider):
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.IntegrityError):
-                name = getattr(exc, "sqlite_errorname", "")
-                if name in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"):
-                    raise Conflict(str(exc)[:300]) from exc
-                raise InvalidData(str(exc)[:300]) from exc
-            if isinstance(exc, OverflowError):
-                raise InvalidData("a value is out of range") from exc
-            if isinstance(exc, sqlite3.Error) and not isinstance(exc, ProviderError):
-                raise _read_error(exc) from exc
+            if isinstance(exc, (sqlite3.Error, OverflowError)):
+                raise _write_error(exc) from exc
             raise
 
-    def create(self, features: list[dict[str, Any]], crs: CRS = CRS84) -> list[StoredFeature]:
-        def work(conn: sqlite3.Connection, written: list) -> list[StoredFeature]:
-            keys = []
-            for index, feature in enumerate(features):
-                try:
-                    names, values, geometry = feature_values(self.schema, feature, True, self._cell)
-                    blob, bounds = (
-                        self._geometry_blob(geometry, crs)
-                        if self._geom is not None and geometry not in (MISSING, None)
-                        else (None, None)
-                    )
-                except InvalidData as exc:
-                    raise InvalidData(f"feature {index + 1}: {exc.message}") from exc
-                columns = [quote_ident(n) for n in names]
-                client_id = feature.get("id")
-                if client_id is None:
-                    client_id = (feature.get("properties") or {}).get(self.schema.id_field)
-                if client_id is not None and not self.schema.id_has_default:
-                    columns.insert(0, self._id)
-                    values.insert(0, self._client_id(client_id, index))
-                elif client_id is None and not self.schema.id_has_default:
-                    raise InvalidData(f"feature {index + 1}: this collection needs an 'id'")
-                if blob is not None:
-                    columns.append(self._geom)  # type: ignore[arg-type]
-                    values.append(blob)
-                if columns:
-                    statement = _compose(
-                        "INSERT INTO {} ({}) VALUES ({})",
-                        self._table,
-                        ", ".join(columns),
-                        ", ".join("?" * len(columns)),
-                    )
-                    rowid = conn.execute(statement, values).lastrowid
-                else:
-                    rowid = conn.execute(_compose("INSERT INTO {} DEFAULT VALUES", self._table)).lastrowid
-                self._sync_rtree(conn, rowid, bounds)
-                if bounds is not None:
-                    written.append(bounds)
-                if self.schema.id_field == self._info.rowid_column:
-                    keys.append(rowid)
-                else:
-                    keys.append(
-                        conn.execute(
-                            _compose("SELECT {} FROM {} WHERE {} = ?", self._id, self._table, self._rowid),
-                            (rowid,),
-                        ).fetchone()[0]
-                    )
-            return [self._read_stored(conn, key) for key in keys]
+    def _apply(self, conn: sqlite3.Connection, op: Write, crs: CRS, written: list) -> StoredFeature | None:
+        """One op of a batch, inside the batch's transaction; ``written`` collects new bounds."""
+        if op.action == "create":
+            return self._read_stored(conn, self._insert(conn, op.feature, crs, written))
+        key = self._id_value(op.fid)
+        self._check_version(conn, key, op.if_match)
+        if op.action == "delete":
+            rowid = self._rowid_of(conn, key)
+            conn.execute(_compose("DELETE FROM {} WHERE {} = ?", self._table, self._id), (key,))
+            self._sync_rtree(conn, rowid, None)
+            return None
+        if op.action not in ("replace", "update"):
+            raise ValueError(f"unknown write action {op.action!r}")
+        names, values, geometry = feature_values(self.schema, op.feature, op.action == "update", self._cell)
+        sets = [_compose("{} = ?", quote_ident(n)) for n in names]
+        bounds = None
+        geometry_changed = self._geom is not None and geometry is not MISSING
+        if geometry_changed:
+            if geometry is None:
+                sets.append(_compose("{} = NULL", self._geom))  # type: ignore[arg-type]
+            else:
+                blob, bounds = self._geometry_blob(geometry, crs)
+                sets.append(_compose("{} = ?", self._geom))  # type: ignore[arg-type]
+                values.append(blob)
+        if sets:
+            conn.execute(
+                _compose("UPDATE {} SET {} WHERE {} = ?", self._table, ", ".join(sets), self._id),
+                [*values, key],
+            )
+        if geometry_changed:
+            self._sync_rtree(conn, self._rowid_of(conn, key), bounds)
+            if bounds is not None:
+                written.append(bounds)
+        return self._read_stored(conn, key)
 
-        return self._write(work)
+    def _insert(self, conn: sqlite3.Connection, feature: Any, crs: CRS, written: list) -> Any:
+        """INSERT one feature, keeping the R-tree right; returns its key."""
+        names, values, geometry = feature_values(self.schema, feature, True, self._cell)
+        blob, bounds = (
+            self._geometry_blob(geometry, crs)
+            if self._geom is not None and geometry not in (MISSING, None)
+            else (None, None)
+        )
+        columns = [quote_ident(n) for n in names]
+        client_id = feature.get("id")
+        if client_id is None:
+            client_id = (feature.get("properties") or {}).get(self.schema.id_field)
+        if client_id is not None and not self.schema.id_has_default:
+            columns.insert(0, self._id)
+            values.insert(0, self._client_id(client_id))
+        elif client_id is None and not self.schema.id_has_default:
+            raise InvalidData("this collection needs an 'id'")
+        if blob is not None:
+            columns.append(self._geom)  # type: ignore[arg-type]
+            values.append(blob)
+        if columns:
+            statement = _compose(
+                "INSERT INTO {} ({}) VALUES ({})",
+                self._table,
+                ", ".join(columns),
+                ", ".join("?" * len(columns)),
+            )
+            rowid = conn.execute(statement, values).lastrowid
+        else:
+            rowid = conn.execute(_compose("INSERT INTO {} DEFAULT VALUES", self._table)).lastrowid
+        self._sync_rtree(conn, rowid, bounds)
+        if bounds is not None:
+            written.append(bounds)
+        if self.schema.id_field == self._info.rowid_column:
+            return rowid
+        return conn.execute(
+            _compose("SELECT {} FROM {} WHERE {} = ?", self._id, self._table, self._rowid), (rowid,)
+        ).fetchone()[0]
 
-    def _client_id(self, value: Any, index: int) -> Any:
+    def _client_id(self, value: Any) -> Any:
+        """A client-given id as the key column's type; 422 (not 404) when it cannot be one."""
         try:
             return self._id_value(value)
         except NotFound as exc:
-            raise InvalidData(
-                f"feature {index + 1}: id {str(value)[:60]!r} is not an {self.schema.id_type}"
-            ) from exc
+            raise InvalidData(f"id {str(value)[:60]!r} is not a valid {self.schema.id_type} key") from exc
 
     def _read_stored(self, conn: sqlite3.Connection, key: Any) -> StoredFeature:
         row = self._read_row(conn, key)
@@ -2070,50 +2139,8 @@ class GeoPackageProvider(FeatureProvider):
         return self._stored(row, CRS84, None, False)
 
     def _check_version(self, conn: sqlite3.Connection, key: Any, if_match: str | None) -> None:
-        """412 unless ``If-Match`` names the stored version (inside the write lock, as FOR UPDATE)."""
+        """NotFound, or 412 unless ``If-Match`` names the stored version (under the write lock)."""
         check_if_match(self._read_stored(conn, key).etag, if_match)
-
-    def store(
-        self, fid: str, feature: dict[str, Any], crs: CRS, if_match: str | None, partial: bool
-    ) -> StoredFeature:
-        key = self._id_value(fid)
-
-        def work(conn: sqlite3.Connection, written: list) -> StoredFeature:
-            self._check_version(conn, key, if_match)
-            names, values, geometry = feature_values(self.schema, feature, partial, self._cell)
-            sets = [_compose("{} = ?", quote_ident(n)) for n in names]
-            bounds = None
-            geometry_changed = self._geom is not None and geometry is not MISSING
-            if geometry_changed:
-                if geometry is None:
-                    sets.append(_compose("{} = NULL", self._geom))  # type: ignore[arg-type]
-                else:
-                    blob, bounds = self._geometry_blob(geometry, crs)
-                    sets.append(_compose("{} = ?", self._geom))  # type: ignore[arg-type]
-                    values.append(blob)
-            if sets:
-                conn.execute(
-                    _compose("UPDATE {} SET {} WHERE {} = ?", self._table, ", ".join(sets), self._id),
-                    [*values, key],
-                )
-            if geometry_changed:
-                self._sync_rtree(conn, self._rowid_of(conn, key), bounds)
-                if bounds is not None:
-                    written.append(bounds)
-            return self._read_stored(conn, key)
-
-        return self._write(work)
-
-    def delete(self, fid: str, if_match: str | None = None) -> None:
-        key = self._id_value(fid)
-
-        def work(conn: sqlite3.Connection, written: list) -> None:
-            self._check_version(conn, key, if_match)
-            rowid = self._rowid_of(conn, key)
-            conn.execute(_compose("DELETE FROM {} WHERE {} = ?", self._table, self._id), (key,))
-            self._sync_rtree(conn, rowid, None)
-
-        self._write(work)
 
 
 def _blob_json(value: Any) -> Any:
@@ -2129,6 +2156,18 @@ def _time_value(value: Any) -> Any:
         return _parse_time(value)
     except ValueError:
         return value
+
+
+def _write_error(exc: Exception) -> ProviderError:
+    """A failed write: a duplicate key is a 409, another refused value a 422, a busy file a 503."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        name = getattr(exc, "sqlite_errorname", "")
+        if name in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"):
+            return Conflict(str(exc)[:300])
+        return InvalidData(str(exc)[:300])
+    if isinstance(exc, OverflowError):
+        return InvalidData("a value is out of range")
+    return _read_error(exc)
 
 
 def _read_error(exc: Exception) -> ProviderError:

@@ -41,8 +41,11 @@ from providers.base import (
     Query,
     StoredFeature,
     TileRequest,
+    Write,
     check_if_match,
     feature_values,
+    geometry_from_geojson,
+    numbered,
 )
 from providers.crs import CRS, CRS84, coordinate_precision, from_srid
 from providers.errors import (
@@ -329,6 +332,23 @@ class PostGISDialect(Dialect[sql.Composable]):
             "s_equals": "ST_Equals",
         }[op]
         return sql.SQL(func + "({}, {})").format(lhs, rhs)
+
+    def dwithin(self, column, geojson: dict[str, Any], distance: float, crs: CRS, box) -> sql.Composable:
+        literal = sql.SQL("ST_SetSRID(ST_GeomFromGeoJSON({}), {})").format(
+            self.param(orjson.dumps(geojson).decode()), sql.Literal(crs.srid)
+        )
+        if crs.srid == self.storage_srid:
+            return sql.SQL("ST_DWithin({}, {}, {})").format(column, literal, self.param(distance))
+        # Measured in ``crs``, so the column is transformed; the index is still used
+        # through the search box, moved to the storage CRS.
+        return sql.SQL("({} && {} AND ST_DWithin(ST_Transform({}, {}), {}, {}))").format(
+            column,
+            self.envelope_literal(box, crs),
+            column,
+            sql.Literal(crs.srid),
+            literal,
+            self.param(distance),
+        )
 
     def like(self, lhs, pattern) -> sql.Composable:
         return sql.SQL("({}::text LIKE {})").format(lhs, pattern)
@@ -890,11 +910,36 @@ class PostGISProvider(FeatureProvider):
         """Columns, values and geometry (as GeoJSON text) of a feature; PostgreSQL casts the rest."""
         names, values, geometry = feature_values(self.schema, feature, partial, _pg_cell)
         if isinstance(geometry, dict):
+            geometry_from_geojson(geometry)  # malformed GeoJSON is refused as GeoPackage refuses it
             geometry = orjson.dumps(geometry).decode()
         return names, values, geometry
 
-    def _write(self, work) -> Any:
-        """Run ``work(conn)`` in one transaction, mapping database errors to provider errors."""
+    def write(self, ops: list[Write], crs: CRS = CRS84) -> list[StoredFeature | None]:
+        """All ``ops`` in one transaction, with the revision bump; see :meth:`FeatureProvider.write`.
+
+        Geometry is checked by PostGIS itself: the column's typmod rejects a wrong type,
+        SRID or dimension, ``ST_GeomFromGeoJSON`` malformed GeoJSON, and ``ST_Multi``
+        promotes a single geometry sent to a multi column. Each of those database
+        errors is mapped to a client error (422, 409 ...) naming the failed op.
+        """
+        self.require_editable()
+        if not ops:
+            return []
+
+        def work(conn: psycopg.Connection) -> list[StoredFeature | None]:
+            out: list[StoredFeature | None] = []
+            for index, op in enumerate(ops):
+                with numbered(index, len(ops)):
+                    try:
+                        out.append(self._apply(conn, op, crs))
+                    except psycopg.Error as exc:
+                        raise _write_error(exc) from exc
+            return out
+
+        return self._write(work)
+
+    def _write(self, work: Callable[[psycopg.Connection], Any]) -> Any:
+        """Run ``work(conn)`` and bump the revision in one transaction; errors become provider errors."""
         self.require_editable()
         with self.db.connection() as conn:
             try:
@@ -909,54 +954,70 @@ class PostGISProvider(FeatureProvider):
                     return result
             except ProviderError:
                 raise
-            except psycopg.errors.UniqueViolation as exc:
-                raise Conflict(_pg_message(exc)) from exc
-            except (
-                psycopg.errors.IntegrityError,
-                psycopg.errors.DataError,
-                psycopg.errors.InternalError_,
-                psycopg.errors.InvalidParameterValue,
-                psycopg.errors.UndefinedFunction,
-                psycopg.errors.DatatypeMismatch,
-            ) as exc:
-                raise InvalidData(_pg_message(exc)) from exc
-            except psycopg.OperationalError as exc:
-                raise Unavailable(_pg_message(exc)) from exc
+            except psycopg.Error as exc:
+                raise _write_error(exc) from exc
 
-    def create(self, features: list[dict[str, Any]], crs: CRS = CRS84) -> list[StoredFeature]:
-        def work(conn: psycopg.Connection) -> list[StoredFeature]:
-            ids = []
-            for index, feature in enumerate(features):
-                try:
-                    names, values, geometry = self._values(feature, partial=True)
-                except InvalidData as exc:
-                    raise InvalidData(f"feature {index + 1}: {exc.message}") from exc
-                columns = [sql.Identifier(n) for n in names]
-                holders: list[sql.Composable] = [sql.Placeholder()] * len(names)
-                client_id = feature.get("id")
-                if client_id is None:
-                    client_id = (feature.get("properties") or {}).get(self.schema.id_field)
-                if client_id is not None and not self._id_default:
-                    columns.insert(0, self._id)
-                    holders.insert(0, sql.Placeholder())
-                    values.insert(0, self._id_value(client_id))
-                elif client_id is None and not self._id_default:
-                    raise InvalidData(f"feature {index + 1}: this collection needs an 'id'")
-                if self._geom is not None and geometry not in (MISSING, None):
-                    columns.append(self._geom)
-                    holders.append(self._geometry_in(crs))
-                    values.append(geometry)
-                statement = (
-                    sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING {}").format(
-                        self._table, sql.SQL(", ").join(columns), sql.SQL(", ").join(holders), self._id
-                    )
-                    if columns
-                    else sql.SQL("INSERT INTO {} DEFAULT VALUES RETURNING {}").format(self._table, self._id)
-                )
-                ids.append(conn.execute(statement, values).fetchone()[0])
-            return [self._read_locked(conn, i) for i in ids]
+    def _apply(self, conn: psycopg.Connection, op: Write, crs: CRS) -> StoredFeature | None:
+        """One op of a batch, inside the batch's transaction."""
+        if op.action == "create":
+            return self._read_locked(conn, self._insert(conn, op.feature, crs))
+        key = self._id_value(op.fid)
+        self._check_version(conn, key, op.if_match)
+        if op.action == "delete":
+            conn.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(self._table, self._id), (key,))
+            return None
+        if op.action not in ("replace", "update"):
+            raise ValueError(f"unknown write action {op.action!r}")
+        names, values, geometry = self._values(op.feature, partial=op.action == "update")
+        sets = [sql.SQL("{} = %s").format(sql.Identifier(n)) for n in names]
+        if self._geom is not None and geometry is not MISSING:
+            if geometry is None:
+                sets.append(sql.SQL("{} = NULL").format(self._geom))
+            else:
+                sets.append(sql.SQL("{} = {}").format(self._geom, self._geometry_in(crs)))
+                values.append(geometry)
+        if sets:
+            conn.execute(
+                sql.SQL("UPDATE {} SET {} WHERE {} = %s").format(
+                    self._table, sql.SQL(", ").join(sets), self._id
+                ),
+                [*values, key],
+            )
+        return self._read_locked(conn, key)
 
-        return self._write(work)
+    def _insert(self, conn: psycopg.Connection, feature: Any, crs: CRS) -> Any:
+        """INSERT one feature; returns its key (assigned by the table unless the client must give it)."""
+        names, values, geometry = self._values(feature, partial=True)
+        columns = [sql.Identifier(n) for n in names]
+        holders: list[sql.Composable] = [sql.Placeholder()] * len(names)
+        client_id = feature.get("id")
+        if client_id is None:
+            client_id = (feature.get("properties") or {}).get(self.schema.id_field)
+        if client_id is not None and not self._id_default:
+            columns.insert(0, self._id)
+            holders.insert(0, sql.Placeholder())
+            values.insert(0, self._client_id(client_id))
+        elif client_id is None and not self._id_default:
+            raise InvalidData("this collection needs an 'id'")
+        if self._geom is not None and geometry not in (MISSING, None):
+            columns.append(self._geom)
+            holders.append(self._geometry_in(crs))
+            values.append(geometry)
+        statement = (
+            sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING {}").format(
+                self._table, sql.SQL(", ").join(columns), sql.SQL(", ").join(holders), self._id
+            )
+            if columns
+            else sql.SQL("INSERT INTO {} DEFAULT VALUES RETURNING {}").format(self._table, self._id)
+        )
+        return conn.execute(statement, values).fetchone()[0]
+
+    def _client_id(self, value: Any) -> Any:
+        """A client-given id as the key column's type; 422 (not 404) when it cannot be one."""
+        try:
+            return self._id_value(value)
+        except NotFound as exc:
+            raise InvalidData(f"id {str(value)[:60]!r} is not a valid {self.schema.id_type} key") from exc
 
     def _read_locked(self, conn: psycopg.Connection, key: Any, lock: bool = False) -> StoredFeature:
         row = conn.execute(self._select_one(CRS84, None, False, lock), (key,)).fetchone()
@@ -965,42 +1026,8 @@ class PostGISProvider(FeatureProvider):
         return StoredFeature(row[0], row[2].encode(), f'"{row[1]}"')
 
     def _check_version(self, conn: psycopg.Connection, key: Any, if_match: str | None) -> None:
+        """NotFound, or 412 unless ``If-Match`` names the stored version; locks the row till commit."""
         check_if_match(self._read_locked(conn, key, lock=True).etag, if_match)
-
-    def store(
-        self, fid: str, feature: dict[str, Any], crs: CRS, if_match: str | None, partial: bool
-    ) -> StoredFeature:
-        key = self._id_value(fid)
-
-        def work(conn: psycopg.Connection) -> StoredFeature:
-            self._check_version(conn, key, if_match)
-            names, values, geometry = self._values(feature, partial=partial)
-            sets = [sql.SQL("{} = %s").format(sql.Identifier(n)) for n in names]
-            if self._geom is not None and geometry is not MISSING:
-                if geometry is None:
-                    sets.append(sql.SQL("{} = NULL").format(self._geom))
-                else:
-                    sets.append(sql.SQL("{} = {}").format(self._geom, self._geometry_in(crs)))
-                    values.append(geometry)
-            if sets:
-                conn.execute(
-                    sql.SQL("UPDATE {} SET {} WHERE {} = %s").format(
-                        self._table, sql.SQL(", ").join(sets), self._id
-                    ),
-                    [*values, key],
-                )
-            return self._read_locked(conn, key)
-
-        return self._write(work)
-
-    def delete(self, fid: str, if_match: str | None = None) -> None:
-        key = self._id_value(fid)
-
-        def work(conn: psycopg.Connection) -> None:
-            self._check_version(conn, key, if_match)
-            conn.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(self._table, self._id), (key,))
-
-        self._write(work)
 
 
 def _pg_cell(field: Field, value: Any) -> Any:
@@ -1048,6 +1075,32 @@ def _pg_message(exc: psycopg.Error) -> str:
     diag = getattr(exc, "diag", None)
     primary = diag.message_primary if diag is not None else None
     return (primary or str(exc)).splitlines()[0][:300]
+
+
+def _write_error(exc: psycopg.Error) -> ProviderError:
+    """A failed write: a clash is a 409, a value the column refuses a 422, a lost database a 503.
+
+    PostGIS reports a geometry that does not fit the column (type, SRID, Z) or is not
+    GeoJSON as an invalid parameter or internal error: the feature's fault, so 422.
+    """
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        return Conflict(_pg_message(exc))
+    if isinstance(
+        exc,
+        (
+            psycopg.errors.IntegrityError,
+            psycopg.errors.DataError,
+            psycopg.errors.InternalError_,
+            psycopg.errors.InvalidParameterValue,
+            psycopg.errors.UndefinedFunction,
+            psycopg.errors.DatatypeMismatch,
+        ),
+    ):
+        return InvalidData(_pg_message(exc))
+    if isinstance(exc, (psycopg.OperationalError, psycopg.errors.QueryCanceled)):
+        return Unavailable(_pg_message(exc))
+    LOGGER.error("unexpected database error in a write: %s", _pg_message(exc))
+    return ProviderError(_pg_message(exc))
 
 
 def _read_error(exc: psycopg.Error) -> ProviderError:

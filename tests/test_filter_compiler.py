@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import numpy as np
+import orjson
 import psycopg
 import pytest
 
@@ -152,3 +154,105 @@ def test_sql_is_valid_postgresql(pg_url):
         )
         statement = psycopg.sql.SQL("SELECT count(*) FROM t WHERE {}").format(clause)
         assert conn.execute(statement, dialect.params).fetchone()[0] == 0
+
+
+# -- s_dwithin: distance within, measured in the filter CRS (MapFish lon/lat/tolerance) ---------
+def dwithin(coordinates: list[float], distance: float) -> dict:
+    return {
+        "op": "s_dwithin",
+        "args": [{"property": "geom"}, {"type": "Point", "coordinates": coordinates}, distance],
+    }
+
+
+def test_dwithin_in_the_storage_crs_is_one_indexable_call():
+    sql, params = compile_pg(Query(filter=dwithin([2, 48], 1.5)))
+    assert sql == '(ST_DWithin("geom", ST_SetSRID(ST_GeomFromGeoJSON(%(p0)s), 4326), %(p1)s))'
+    assert orjson.loads(params["p0"])["coordinates"] == [2, 48] and params["p1"] == 1.5
+
+
+def test_dwithin_in_another_crs_measures_there_and_keeps_an_index_filter():
+    sql, params = compile_pg(
+        Query(filter=dwithin([250000, 6000000], 1000), filter_crs=parse_crs("EPSG:3857"))
+    )
+    assert (
+        'ST_DWithin(ST_Transform("geom", 3857), ST_SetSRID(ST_GeomFromGeoJSON(%(p0)s), 3857), %(p5)s)' in sql
+    )
+    assert '"geom" && ST_Transform(ST_Segmentize(ST_MakeEnvelope(' in sql
+    # The index box is the literal's bounds grown by the distance, in the filter CRS.
+    assert [params[f"p{i}"] for i in range(1, 5)] == [249000, 5999000, 251000, 6001000]
+    assert params["p5"] == 1000
+
+
+def test_dwithin_literal_in_a_lat_first_crs_is_swapped_to_x_y():
+    _, params = compile_pg(Query(filter=dwithin([48, 2], 0.5), filter_crs=parse_crs("EPSG:4326")))
+    assert orjson.loads(params["p0"])["coordinates"] == [2, 48]
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        dwithin([0, 0], -1),
+        dwithin([0, 0], float("nan")),
+        dwithin([0, 0], True),
+        dwithin([0, 0], "5"),
+        {"op": "s_dwithin", "args": [{"property": "name"}, {"type": "Point", "coordinates": [0, 0]}, 1]},
+        {"op": "s_dwithin", "args": [{"property": "geom"}, "POINT(0 0)", 1]},
+        {"op": "s_dwithin", "args": [{"property": "geom"}, {"type": "Point", "coordinates": [0, 0]}]},
+    ],
+)
+def test_dwithin_rejections(node):
+    with pytest.raises(InvalidQuery):
+        compile_pg(Query(filter=node))
+
+
+def _names(provider, query: Query) -> set[str]:
+    page = provider.query(query)
+    return {orjson.loads(f)["properties"]["name"] for f in page.features}
+
+
+@pytest.mark.parametrize(
+    ("crs", "centre", "distance"),
+    [
+        ("EPSG:4326", (6.1, 49.6), 1.0),  # degrees (MapFish's default epsg), x/y as MapFish sends
+        ("EPSG:3035", (6.1, 49.6), 60_000.0),  # metres of ETRS89-LAEA: a true distance
+        ("EPSG:3857", (-60.0, -20.0), 400_000.0),
+    ],
+)
+def test_dwithin_both_backends_match_an_independent_computation(pg_url, gpkg_path, crs, centre, distance):
+    """PostGIS and GeoPackage select what shapely selects from the Natural Earth file itself."""
+    import pyogrio.raw
+    import shapely
+    from pyproj import Transformer
+
+    from providers.crs import CRS
+    from providers.geopackage import GeoPackage, GeoPackageProvider
+    from providers.postgis import PostGISDatabase, PostGISProvider, TableRef
+    from server.demo import natural_earth_countries
+
+    srid = parse_crs(crs).srid
+    xy = CRS(srid, parse_crs(crs).uri, False)
+    to_crs = Transformer.from_crs(4326, srid, always_xy=True)
+    x, y = to_crs.transform(*centre)
+    _, _, wkb, fields = pyogrio.raw.read(natural_earth_countries(), columns=["name"])[:4]
+    shapes = shapely.transform(
+        shapely.from_wkb(wkb), lambda c: np.column_stack(to_crs.transform(c[:, 0], c[:, 1]))
+    )
+    expected = {
+        str(n)
+        for n, g in zip(fields[0], shapes, strict=True)
+        if shapely.dwithin(g, shapely.Point(x, y), distance)
+    }
+    assert len(expected) >= 3
+
+    query = Query(
+        limit=1000, filter=dwithin([x, y], distance), filter_crs=xy, properties=["name"], skip_geometry=True
+    )
+    db = PostGISDatabase(pg_url, pool_min=0, pool_max=1)
+    gpkg = GeoPackage(gpkg_path)
+    try:
+        ref = TableRef("public", "countries", "geom")
+        assert _names(PostGISProvider(db, ref, db.describe(ref)), query) == expected
+        assert _names(GeoPackageProvider(gpkg, "countries", gpkg.describe("countries")), query) == expected
+    finally:
+        db.close()
+        gpkg.close()
