@@ -1,12 +1,151 @@
-"""(being written) REST routes; registered on server.rest.blueprint."""
+"""REST layer export (``/layers/{id}/export/{format}``): a layer's features as a GIS file.
+
+The features are read through the layer's provider with the shared query model
+(``where`` is CQL2 text, ``bounds`` a box in the output CRS) and written by GDAL
+through pyogrio (:mod:`providers.export`) into a private temporary directory. The
+finished file is opened, the directory removed at once, and the open file streamed
+to the client: nothing is left on disk whatever happens to the download.
+
+``{id}`` is a layer id; a configured collection may be exported by its collection
+id too, as it has no layer id.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
 from typing import Any
 
-from server.rest import blueprint  # noqa: F401
+from flask import Response, current_app, request, send_file
+
+from providers.base import Query
+from providers.errors import NotFound
+from providers.export import FORMATS, export, safe_name
+from server.registry import Collection, Registry
+from server.rest import blueprint, flag
+from server.rest_layers import (
+    attribute_filter,
+    parse_bounds,
+    path_parameter,
+    query_parameter,
+    request_crs,
+)
+from server.rest_tables import errors
+
+#: An export holds at most this many features (more is a 413: narrow it with where/bounds).
+MAX_FEATURES = 1_000_000
 
 
+def registry() -> Registry:
+    return current_app.extensions["geoharbor"].registry
+
+
+def layer_or_collection(ref: str) -> tuple[Collection, str]:
+    """The collection of a layer id, or of a configured collection id; and the layer's name."""
+    reg = registry()
+    if ref.isdigit():
+        try:
+            coll = reg.layer_collection(int(ref))
+        except NotFound:
+            if ref not in reg.collections:
+                raise
+        else:
+            record = reg.store.get("layer", int(ref))
+            return coll, str(record.body.get("name") or coll.id)
+    reg.sync()
+    return reg.get(ref), ref
+
+
+@blueprint.route("/layers/<layer>/export/<fmt>", methods=["GET"])
+def export_layer(layer: str, fmt: str) -> Response:
+    coll, name = layer_or_collection(layer)
+    fmt = fmt.lower()
+    zipped = flag("zip")
+    if fmt.endswith(".zip"):
+        fmt, zipped = fmt.removesuffix(".zip"), True
+    crs = request_crs()
+    query = Query(crs=crs, bbox_crs=crs, filter_crs=crs)
+    if request.args.get("bounds"):
+        query.bbox = parse_bounds(request.args["bounds"])
+    if request.args.get("where"):
+        query.filter = attribute_filter(request.args["where"])
+    directory = tempfile.mkdtemp(prefix="geoharbor-export-")
+    try:
+        path = export(coll.provider, query, fmt, directory, name, MAX_FEATURES)
+        if zipped and path.suffix != ".zip":
+            path = _zip_one(path)
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the response when sent
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)  # the open file stays readable until closed
+    size = os.fstat(handle.fileno()).st_size
+    spec = FORMATS[fmt]
+    media_type = "application/zip" if path.suffix == ".zip" else spec.media_type
+    response = send_file(
+        handle,
+        mimetype=media_type,
+        as_attachment=True,
+        download_name=f"{safe_name(name)}{path.suffix}",
+        conditional=False,
+        etag=False,
+        max_age=0,
+    )
+    response.headers["Content-Length"] = str(size)
+    return response
+
+
+def _zip_one(path: Path) -> Path:
+    archive = path.with_suffix(".zip")
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        zipped.write(path, arcname=path.name)
+    return archive
+
+
+# -- OpenAPI ------------------------------------------------------------------------------------
 def openapi(prefix: str) -> dict[str, Any]:
-    """OpenAPI paths (under ``prefix``) and component schemas of these routes."""
-    return {"paths": {}, "components": {"schemas": {}}}
+    """OpenAPI paths (under ``prefix``) of the export route."""
+    content = {
+        media: {"schema": {"type": "string", "format": "binary"}}
+        for media in sorted({f.media_type for f in FORMATS.values()} | {"application/zip"})
+    }
+    paths = {
+        f"{prefix}/layers/{{layer_id}}/export/{{format}}": {
+            "parameters": [
+                path_parameter("layer_id", "Layer id (or the id of a configured collection)", "string"),
+                {
+                    "name": "format",
+                    "in": "path",
+                    "required": True,
+                    "description": "File format; shp comes zipped, a '.zip' suffix zips any",
+                    "schema": {"type": "string", "enum": [*FORMATS, *(f"{f}.zip" for f in FORMATS)]},
+                },
+            ],
+            "get": {
+                "summary": "Export a layer's features as a file (written by GDAL)",
+                "operationId": "restExportLayer",
+                "parameters": [
+                    query_parameter("where", "Attribute filter in CQL2 text"),
+                    query_parameter("bounds", "minx,miny,maxx,maxy in the output CRS"),
+                    query_parameter("epsg", "EPSG code of the output CRS, x/y order; default lon/lat"),
+                    query_parameter("proj4", "PROJ string of the output CRS, matched to an EPSG code"),
+                    query_parameter("zip", "Deliver the file in a zip archive", {"type": "boolean"}),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file, as an attachment",
+                        "headers": {
+                            "Content-Disposition": {
+                                "description": "attachment; filename=<layer>.<ext>",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                        "content": content,
+                    },
+                    **errors(400, 404, 413, 422),
+                },
+            },
+        }
+    }
+    return {"paths": paths, "components": {"schemas": {}}}
