@@ -17,6 +17,7 @@ from providers.crs import CRS84, parse_crs
 from providers.errors import InvalidData, InvalidQuery, ReadOnly
 from providers.filters import parse_cql2
 from server import formats
+from server.bodies import json_body
 from server.links import MEDIA, base_url, link, link_header, url
 from server.params import items_query
 from server.registry import Collection
@@ -27,7 +28,6 @@ READ_METHODS = ["GET", "HEAD", "OPTIONS"]
 #: Pages up to this size are read whole before sending, so their Link header is complete;
 #: larger ones stream and carry numberReturned and links after the features.
 MATERIALISE_UP_TO = 2000
-MAX_BODY = 64 * 1024 * 1024
 
 
 def _state():
@@ -251,18 +251,6 @@ def _writable(cid: str) -> Collection:
     return coll
 
 
-def _body() -> Any:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        from werkzeug.exceptions import RequestEntityTooLarge
-
-        raise RequestEntityTooLarge(f"request bodies are limited to {MAX_BODY} bytes")
-    # The body is read as JSON whatever the declared type: OWSLib posts JSON strings as text/xml.
-    try:
-        return orjson.loads(request.get_data())
-    except orjson.JSONDecodeError as exc:
-        raise InvalidQuery(f"the body is not valid JSON: {exc}") from None
-
-
 def _content_crs():
     raw = request.headers.get("Content-Crs")
     if not raw:
@@ -272,7 +260,7 @@ def _content_crs():
 
 @blueprint.route("/collections/<cid>/items", methods=["POST"], provide_automatic_options=False)
 def create(cid: str) -> Response:
-    body = _body()
+    body = json_body()
     if request.mimetype == "application/query-cql-json" or (isinstance(body, dict) and "op" in body):
         # A CQL2 JSON filter POSTed to items is a query (Part 3), not a new feature.
         return _items(cid, parse_cql2(orjson.dumps(body).decode(), "cql2-json"))
@@ -307,7 +295,7 @@ def create(cid: str) -> Response:
 )
 def replace_or_update(cid: str, fid: str) -> Response:
     coll = _writable(cid)
-    body = _body()
+    body = json_body()
     if not isinstance(body, dict):
         raise InvalidData("expected a GeoJSON Feature")
     if request.method == "PUT" and body.get("type") not in (None, "Feature"):

@@ -38,12 +38,13 @@ import orjson
 import shapely
 from flask import Blueprint, Response, current_app, request, stream_with_context
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from providers.base import CollectionSchema, Query, Write
 from providers.crs import CRS, CRS84, parse_crs
 from providers.errors import InvalidData, InvalidQuery, ReadOnly
 from server import formats
+from server.bodies import json_body
+from server.params import int_param
 from server.registry import Collection
 
 blueprint = Blueprint("mapfish", __name__)
@@ -51,8 +52,6 @@ blueprint = Blueprint("mapfish", __name__)
 #: What MapFish clients (and papyrus) send and expect: plain JSON.
 JSON = "application/json"
 SUFFIX = ".json"
-#: Bodies larger than this are refused with 413 before they are read.
-MAX_BODY = 64 * 1024 * 1024
 #: ``{field}__{op}`` -> CQL2 operator (like/ilike are built separately).
 COMPARISONS = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 OPS = (*COMPARISONS, "like", "ilike")
@@ -66,19 +65,6 @@ def mapfish_error(status: int, message: str) -> Response:
 
 
 # -- parameters -------------------------------------------------------------------------
-def _int(args: MultiDict, name: str, default: int) -> int:
-    raw = args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidQuery(f"{name}: {raw[:40]!r} is not an integer") from None
-    if value < 0:
-        raise InvalidQuery(f"{name}: must not be negative")
-    return value
-
-
 def _number(args: MultiDict, name: str) -> float | None:
     raw = args.get(name)
     if raw is None or raw == "":
@@ -178,8 +164,8 @@ def mapfish_query(args: MultiDict, schema: CollectionSchema, limit_max: int) -> 
     crs = parse_epsg(args)
     limit_name = "limit" if args.get("limit") not in (None, "") else "maxfeatures"
     query = Query(
-        limit=min(_int(args, limit_name, limit_max), limit_max),
-        offset=_int(args, "offset", 0),
+        limit=int_param(args, limit_name, limit_max, 0, limit_max),
+        offset=int_param(args, "offset", 0, 0),
         bbox_crs=crs,
         filter_crs=crs,
         properties=_names(args, "attrs", schema),
@@ -279,7 +265,7 @@ def feature(layer: str, fid: str) -> Response:
     if request.method == "DELETE":
         coll.provider.delete(fid, request.headers.get("If-Match"))
         return Response(status=204)
-    body = _body()
+    body = json_body()
     if not isinstance(body, dict) or body.get("type", "Feature") != "Feature":
         raise InvalidData("expected a GeoJSON Feature")
     (stored,) = coll.provider.write([Write("update", body, fid, request.headers.get("If-Match"))], CRS84)
@@ -314,18 +300,9 @@ def _count(coll: Collection) -> Response:
     return Response(str(matched.value if matched else 0), mimetype="text/plain")
 
 
-def _body() -> Any:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise RequestEntityTooLarge(f"request bodies are limited to {MAX_BODY} bytes")
-    try:
-        return orjson.loads(request.get_data())
-    except orjson.JSONDecodeError as exc:
-        raise InvalidQuery(f"the body is not valid JSON: {exc}") from None
-
-
 def _write_many(coll: Collection) -> Response:
     """Features without an id are created, those with one updated: one transaction for all."""
-    body = _body()
+    body = json_body()
     if not isinstance(body, dict) or body.get("type") not in ("FeatureCollection", "Feature"):
         raise InvalidData("expected a GeoJSON FeatureCollection")
     features = body.get("features") if body["type"] == "FeatureCollection" else [body]

@@ -47,7 +47,8 @@ FILTER_LANGS = {
 }
 
 
-def _int(args: MultiDict, name: str, default: int, low: int, high: int | None = None) -> int:
+def int_param(args: MultiDict, name: str, default: int, low: int, high: int | None = None) -> int:
+    """An integer parameter in [low, high] (larger values are capped at ``high``); 400 otherwise."""
     raw = args.get(name)
     if raw is None or raw == "":
         return default
@@ -180,8 +181,8 @@ def items_query(
     """The :class:`Query` of an items request; raises InvalidQuery on any bad parameter."""
     _check_known(args, schema, ITEM_PARAMS)
     query = Query(
-        limit=_int(args, "limit", limit_default, 1, limit_max),
-        offset=_int(args, "offset", 0, 0),
+        limit=int_param(args, "limit", limit_default, 1, limit_max),
+        offset=int_param(args, "offset", 0, 0),
         crs=parse_crs_param(args, "crs"),
         bbox_crs=parse_crs_param(args, "bbox-crs"),
         filter_crs=parse_crs_param(args, "filter-crs"),

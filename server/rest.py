@@ -22,6 +22,7 @@ import orjson
 from flask import Blueprint, Response, current_app, request
 
 from providers.errors import InvalidData, InvalidQuery
+from server import bodies
 
 blueprint = Blueprint("rest", __name__)
 
@@ -138,18 +139,10 @@ def wants_total() -> bool:
 
 
 def json_body() -> dict[str, Any]:
-    """The request body as a JSON object, whatever Content-Type the client sent.
-
-    curl's ``-d`` sends ``application/x-www-form-urlencoded``; the reference's own
-    examples do, so the body is read as JSON regardless.
-    """
-    raw = request.get_data(cache=True)
-    if not raw.strip():
+    """The request body as a JSON object (empty: ``{}``), whatever Content-Type was sent."""
+    if not request.get_data(cache=True).strip():
         return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidQuery(f"the body is not valid JSON: {exc}") from None
+    body = bodies.json_body()
     if not isinstance(body, dict):
         raise InvalidData("the body must be a JSON object")
     return body

@@ -671,14 +671,17 @@ def delete_feature(layer_id: int, fid: str) -> Response:
 
 
 # -- OpenAPI ------------------------------------------------------------------------------------
-def error_responses(*statuses: int) -> dict[str, Any]:
-    """REST error responses (``{"code", "msg"}``) for an operation."""
+def error_responses(*statuses: int, texts: dict[int, str] | None = None) -> dict[str, Any]:
+    """REST error responses (``{"code", "msg"}``) for an operation; ``texts`` words them for it."""
     text = {
         400: "Malformed parameter",
         404: "Not found",
         405: "The collection is read-only",
         409: "Conflict",
+        413: "Too large",
         422: "Invalid body",
+        503: "The source is unavailable",
+        **(texts or {}),
     }
     schema = {"$ref": "#/components/schemas/RestErrorMessage"}
     return {

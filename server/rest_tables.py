@@ -58,6 +58,7 @@ from server.rest import (
 )
 from server.rest_layers import (
     PAGING_PARAMETERS,
+    error_responses,
     json_body_schema,
     json_response,
     list_schema,
@@ -410,21 +411,16 @@ def delete_row(name: str, rid: str) -> Response:
 
 # -- OpenAPI ------------------------------------------------------------------------------------
 def errors(*statuses: int) -> dict[str, Any]:
-    """REST error responses (``{"code", "msg"}``) of an operation."""
-    text = {
-        400: "Malformed parameter or name",
-        404: "Not found",
-        405: "The table was not created through this API and is read-only here",
-        409: "The name is taken",
-        413: "Too many features",
-        422: "Invalid body",
-        503: "The source is unavailable",
-    }
-    schema = {"$ref": "#/components/schemas/RestErrorMessage"}
-    return {
-        str(s): {"description": text[s], "content": {"application/json": {"schema": schema}}}
-        for s in statuses
-    }
+    """REST error responses (``{"code", "msg"}``) of a tables or rows operation."""
+    return error_responses(
+        *statuses,
+        texts={
+            400: "Malformed parameter or name",
+            405: "The table was not created through this API and is read-only here",
+            409: "The name is taken",
+            413: "Too many features",
+        },
+    )
 
 
 CONNECTION_PARAMETER = query_parameter(
