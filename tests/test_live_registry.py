@@ -149,3 +149,32 @@ def test_embedded_layer_appears_and_disappears_on_every_worker(embedded: tuple[S
         store.delete("layer", record.id)
         store.close()
     assert _gone_from_all(srv.url, cid)
+
+
+def test_embedded_rest_table_is_published_and_recorded_in_sqlite(embedded: tuple[Server, Path]) -> None:
+    """With no database, a table created through REST lands in the GeoPackage and its layer in SQLite."""
+    srv, state_file = embedded
+    rest = f"{srv.url}/rest/1"
+    created = requests.post(
+        f"{rest}/tables.json",
+        json={"name": "visits", "geometry": "POINT", "columns": {"label": {"type": "text"}}},
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+    try:
+        assert _seen_by_all(srv.url, "visits")
+        row = requests.post(
+            f"{rest}/tables/visits/rows.json",
+            json={"data": {"label": "harbour"}, "geometry": "POINT(4.4 51.2)"},
+            timeout=30,
+        )
+        assert row.status_code == 201, row.text
+        items = requests.get(f"{srv.url}/collections/visits/items", timeout=30).json()
+        assert [f["properties"]["label"] for f in items["features"]] == ["harbour"]
+        assert items["features"][0]["geometry"]["coordinates"] == [4.4, 51.2]
+        store = SQLiteStore(state_file)
+        assert [r.key for r in store.list("layer")] == ["visits"]
+        store.close()
+    finally:
+        assert requests.delete(f"{rest}/tables/visits.json", timeout=30).status_code == 204
+    assert _gone_from_all(srv.url, "visits")
