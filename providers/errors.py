@@ -32,6 +32,31 @@ class InvalidData(ProviderError):
     code = "InvalidData"
 
 
+class Unauthorized(ProviderError):
+    """No credentials where they are needed, or a key that is unknown, expired or revoked."""
+
+    status = 401
+    code = "Unauthorized"
+
+
+class Forbidden(ProviderError):
+    """Valid credentials that may not do this."""
+
+    status = 403
+    code = "Forbidden"
+
+
+class TooManyRequests(ProviderError):
+    """Over the rate limit; ``retry_after`` seconds until the window resets."""
+
+    status = 429
+    code = "TooManyRequests"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotFound(ProviderError):
     status = 404
     code = "NotFound"

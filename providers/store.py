@@ -14,11 +14,13 @@ through one worker is published by all of them on their next request.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,11 +29,13 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg.types.json import Jsonb
+from psycopg_pool import PoolTimeout
 
 from providers.errors import Conflict, InvalidData, NotFound, Unavailable
 
-#: Kinds whose changes alter what is published (the collections of every worker).
-REGISTRY_KINDS = frozenset({"layer"})
+#: Kinds whose changes alter what is published or who may see it: every worker rebuilds
+#: its collections and drops its cached identities and permissions when one changes.
+REGISTRY_KINDS = frozenset({"layer", "user", "role", "key", "permission"})
 
 #: The row of ``geoharbor.revisions`` (or the SQLite ``state`` table) holding the generation.
 GENERATION_KEY = "registry"
@@ -124,14 +128,19 @@ class PostgresStore(Store):
         self._ready = False
         self._lock = threading.Lock()
 
-    def _connection(self):
-        conn_cm = self.db.connection()
-        if not self._ready:
-            with self._lock, self.db.connection() as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext('geoharbor.store'))")
-                conn.execute(_PG_DDL)
-                self._ready = True
-        return conn_cm
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection with the schema in place; a lost database is Unavailable (503)."""
+        try:
+            if not self._ready:
+                with self._lock, self.db.connection() as conn, conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext('geoharbor.store'))")
+                    conn.execute(_PG_DDL)
+                    self._ready = True
+            with self.db.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise Unavailable(f"state store unavailable: {exc}") from exc
 
     @staticmethod
     def _record(row: tuple) -> Record:

@@ -10,13 +10,14 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from server import config as config_module
 from server import (
+    audit,
     errors,
     features,
     health,
     mapfish,
     ogc,
+    ratelimit,
     rest,
     rest_buffer,  # noqa: F401 - registers its routes on rest.blueprint
     rest_export,  # noqa: F401
@@ -24,9 +25,13 @@ from server import (
     rest_maps,  # noqa: F401
     rest_search,  # noqa: F401
     rest_tables,  # noqa: F401
+    rest_users,  # noqa: F401
     tiles,
     viewer,
 )
+from server import auth as auth_module
+from server import config as config_module
+from server.auth import Auth
 from server.pygeoapi_bridge import PygeoapiCore
 from server.registry import Registry
 from server.tiles import TileCache
@@ -42,6 +47,7 @@ class State:
     registry: Registry
     core: PygeoapiCore
     tile_cache: TileCache
+    auth: Auth
 
 
 def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
@@ -59,7 +65,8 @@ def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False
     tile_cache = TileCache(config["server"]["tiles"]["cache_mb"] << 20)
-    app.extensions["geoharbor"] = State(config, registry, PygeoapiCore(config, registry), tile_cache)
+    auth = Auth(config, registry)
+    app.extensions["geoharbor"] = State(config, registry, PygeoapiCore(config, registry), tile_cache, auth)
     if config["server"]["trust_proxy_headers"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
     errors.install(app)
@@ -71,10 +78,15 @@ def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
     def follow_registry() -> None:
         """Publish layers created or deleted by any process before answering.
 
-        Tile routes check it themselves, in the same round trip as their revisions.
+        Tile routes check it themselves, in the same round trip as their revisions,
+        unless a key is presented: a revoked key must be refused before anything runs.
         """
-        if request.endpoint not in tiles.SYNCS_ITSELF:
+        if request.endpoint not in tiles.SYNCS_ITSELF or auth_module.presented_key(request):
             state.registry.sync()
+
+    auth_module.install(app, auth)
+    ratelimit.install(app)
+    audit.install(app)
 
     # Our feature routes first: they own items and item for every method.
     app.register_blueprint(features.blueprint)

@@ -21,6 +21,16 @@ class ConfigError(ValueError):
     """The configuration cannot be used; the message names the key."""
 
 
+#: Who may read and edit a configured collection once keys exist (see server/auth.py).
+_ACCESS: dict[str, Any] = {
+    "public": {"type": "boolean", "description": "anyone may read (default true)"},
+    "readers": {"type": "array", "items": {"type": "string"}, "description": "role names that may read"},
+    "editors": {"type": "array", "items": {"type": "string"}, "description": "role names that may edit"},
+}
+
+#: A rate: "<count>/<second|minute|hour|day>", e.g. "120/minute".
+RATE_PATTERN = r"^[1-9][0-9]*/(second|minute|hour|day)$"
+
 _COLLECTION = {
     "type": "object",
     "additionalProperties": False,
@@ -39,6 +49,7 @@ _COLLECTION = {
         "editable": {"type": "boolean"},
         "count": {"enum": ["exact", "estimate", "auto", "none"]},
         "crs": {"type": "array", "items": {"type": ["string", "integer"]}},
+        **_ACCESS,
         "tiles": {
             "type": "object",
             "additionalProperties": False,
@@ -110,6 +121,7 @@ _SCHEMA: dict[str, Any] = {
                             "editable": {"type": "boolean"},
                             "count": {"enum": ["exact", "estimate", "auto", "none"]},
                             "exact_count_below": {"type": "integer", "minimum": 0},
+                            **_ACCESS,
                         },
                     },
                     {
@@ -122,6 +134,7 @@ _SCHEMA: dict[str, Any] = {
                             "exclude": {"type": "array", "items": {"type": "string"}},
                             "editable": {"type": "boolean"},
                             "count": {"enum": ["exact", "estimate", "auto", "none"]},
+                            **_ACCESS,
                         },
                     },
                 ],
@@ -135,6 +148,22 @@ _SCHEMA: dict[str, Any] = {
                 "source": {"type": "string", "description": "a postgis source: schema geoharbor of its DB"},
                 "path": {"type": "string", "minLength": 1, "description": "a SQLite file (embedded mode)"},
                 "tables": {"type": "string", "description": "the source where the REST API creates tables"},
+            },
+        },
+        "auth": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "api_key": {"type": "string", "description": "master key (admin); empty for none"},
+                "rate_limit": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "anonymous": {"type": "string", "pattern": RATE_PATTERN},
+                        "key": {"type": "string", "pattern": RATE_PATTERN},
+                    },
+                },
+                "audit": {"type": "boolean"},
             },
         },
         "rest": {
@@ -242,6 +271,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         "sources": raw.get("sources", {}),
         "collections": raw.get("collections", {}),
         "store": dict(raw.get("store", {})),
+        "auth": {"api_key": "", "rate_limit": {}, "audit": True, **raw.get("auth", {})},
         "rest": {**REST_DEFAULTS, **raw.get("rest", {})},
         "mapfish": {**MAPFISH_DEFAULTS, **raw.get("mapfish", {})},
     }

@@ -15,7 +15,7 @@ import orjson
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from providers.errors import ProviderError, ReadOnly
+from providers.errors import ProviderError, ReadOnly, TooManyRequests, Unauthorized
 
 LOGGER = logging.getLogger(__name__)
 
@@ -58,7 +58,13 @@ def install(app: Flask) -> None:
     def provider_error(exc: ProviderError) -> Response:
         if exc.status >= 500:
             LOGGER.error("%s: %s", exc.code, exc.message)
-        headers = {"Allow": "GET, HEAD, OPTIONS"} if isinstance(exc, ReadOnly) else None
+        headers: dict[str, str] = {}
+        if isinstance(exc, ReadOnly):
+            headers["Allow"] = "GET, HEAD, OPTIONS"
+        elif isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = 'Bearer realm="geoharbor"'
+        elif isinstance(exc, TooManyRequests):
+            headers["Retry-After"] = str(exc.retry_after)
         return error_response(exc.status, exc.code, exc.message, headers)
 
     @app.errorhandler(HTTPException)

@@ -507,12 +507,21 @@ class PygeoapiCore:
 
 def _add_family_paths(doc: dict[str, Any], config: dict[str, Any]) -> None:
     """Add the REST CRUD and MapFish routes, each described by its own module."""
-    from server import mapfish, rest_buffer, rest_export, rest_layers, rest_maps, rest_search, rest_tables
+    from server import (
+        mapfish,
+        rest_buffer,
+        rest_export,
+        rest_layers,
+        rest_maps,
+        rest_search,
+        rest_tables,
+        rest_users,
+    )
 
     families = [(config["mapfish"]["prefix"], mapfish, "MapFish protocol")]
     families += [
         (config["rest"]["prefix"], module, "REST CRUD")
-        for module in (rest_layers, rest_tables, rest_maps, rest_search, rest_buffer, rest_export)
+        for module in (rest_layers, rest_tables, rest_maps, rest_search, rest_buffer, rest_export, rest_users)
     ]
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     tags = doc.setdefault("tags", [])

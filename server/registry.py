@@ -33,6 +33,9 @@ LOGGER = logging.getLogger(__name__)
 #: Advertised for every collection besides its storage CRS (Part 2 ``crs`` list).
 DEFAULT_CRS = [CRS84_URI, epsg_uri(4326), epsg_uri(3857)]
 
+#: Configuration keys of a collection (or its source) that say who may read and edit it.
+ACCESS_KEYS = ("public", "readers", "editors")
+
 #: Seconds between attempts to reach a state store that did not answer.
 STORE_RETRY_S = 10.0
 
@@ -72,6 +75,10 @@ class Collection:
 
     #: The store record behind a run-time layer; None for configured and discovered ones.
     layer_id: int | None = None
+    #: The user who created the layer (its record's ``owner``), for access checks.
+    owner: int | None = None
+    #: Who may read and edit a configured collection: ``public``, ``readers``, ``editors``.
+    access: dict[str, Any] = field(default_factory=dict)
 
     @property
     def editable(self) -> bool:
@@ -184,6 +191,9 @@ class Registry:
             source_type=spec["type"],
             crs=self._crs_list(schema.storage_crs.srid, options.get("crs", [])),
             tiles={**COLLECTION_TILE_DEFAULTS, **options.get("tiles", {})},
+            access={
+                k: options.get(k, spec.get(k)) for k in ACCESS_KEYS if options.get(k, spec.get(k)) is not None
+            },
         )
 
     def _publish_declared(self) -> None:
@@ -287,6 +297,7 @@ class Registry:
                     LOGGER.error("layer %s (%s) not published: %s", record.id, cid, exc)
                     continue
                 coll.layer_id = record.id
+                coll.owner = record.body.get("owner")
                 collections[cid] = coll
             self.collections = collections
             self.layer_errors = errors
