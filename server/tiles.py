@@ -25,6 +25,7 @@ from werkzeug.datastructures import MultiDict
 from providers.base import TileRequest
 from providers.errors import InvalidQuery, NotFound
 from providers.tiles import TILE_MATRIX_SETS, TileMatrixSet, get_tms
+from server.auth import current_identity
 from server.links import url
 from server.params import tile_query
 from server.registry import Collection
@@ -112,6 +113,13 @@ def _layer_tile(
     if revision is not None:
         _cache().put(key, tile)
     return tile
+
+
+def _require_read(colls: list[Collection]) -> None:
+    """Access to the tiles' collections, checked once the registry is current (auth.SELF_CHECKED)."""
+    state = _state()
+    for coll in colls:
+        state.auth.require_collection(current_identity(), coll, "read")
 
 
 def _client_gone() -> Callable[[], bool] | None:
@@ -332,6 +340,7 @@ def collection_tile(cid: str, tms_id: str, z: str, y: str, x: str) -> Response:
     tms = get_tms(tms_id)
     zi, yi, xi = _coordinates(tms, z, y, x)
     [(coll, revision)] = _state().registry.tile_state([cid])
+    _require_read([coll])
     args = request.args.copy()
     args.pop("f", None)
     return _tile_response(_layer_tile(coll, revision, tms, zi, yi, xi, args))
@@ -367,6 +376,7 @@ def composite_tile(tms_id: str, z: str, y: str, x: str) -> Response:
     tms = get_tms(tms_id)
     zi, yi, xi = _coordinates(tms, z, y, x)
     colls = _state().registry.tile_state(ids)
+    _require_read([c for c, _ in colls])
     # A tile is a sequence of layers: concatenated single-layer tiles are one valid tile.
     tile = b"".join(_layer_tile(c, rev, tms, zi, yi, xi, MultiDict()) for c, rev in colls)
     return _tile_response(tile)
