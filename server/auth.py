@@ -87,12 +87,16 @@ def key_digest(key: str) -> str:
 
 
 def presented_key(request: Request) -> str | None:
-    """The API key a request carries, if any (URL first, then headers)."""
+    """The API key a request carries, if any (URL first, then headers, then Basic's password)."""
     found = request.args.get("api_key") or request.headers.get("API-Key") or request.headers.get("X-API-Key")
     if not found:
         scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             found = token.strip()
+        elif scheme.lower() == "basic" and request.authorization is not None:
+            # Importer and catalogue clients (gn-gsimporter, geonodectl) only speak HTTP
+            # Basic: the password is the API key, the user name is not needed.
+            found = request.authorization.password or None
     return found or None
 
 
