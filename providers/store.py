@@ -10,6 +10,9 @@ modified times. Writes to a kind listed in :data:`REGISTRY_KINDS` bump the store
 *generation* in the same transaction: a process compares it with the generation
 it last built its collections from and rebuilds when it moved, so a layer created
 through one worker is published by all of them on their next request.
+
+The store also keeps the rate limiter's counters (:meth:`Store.hit`): they must be
+shared by every worker and host, so they live next to the records and not in a process.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 
@@ -84,6 +88,27 @@ class Store(ABC):
     def delete(self, kind: str, rid: int) -> Record:
         """Remove a record and return what it was; raises NotFound."""
 
+    @abstractmethod
+    def page(self, kind: str, offset: int, limit: int, newest_first: bool = False) -> list[Record]:
+        """A slice of the records of ``kind`` by id, for kinds too long to list whole (audit)."""
+
+    @abstractmethod
+    def count(self, kind: str) -> int:
+        """How many records of ``kind`` there are."""
+
+    @abstractmethod
+    def hit(self, bucket: str, window_s: int) -> tuple[int, float]:
+        """Count one request in ``bucket``'s current fixed window of ``window_s`` seconds.
+
+        Returns the count so far in this window (this request included) and when the
+        window ends (epoch seconds by the store's clock). One atomic statement, so that
+        concurrent workers never lose a hit.
+        """
+
+    @abstractmethod
+    def purge_counters(self) -> int:
+        """Forget the counters of windows that have ended; returns how many went."""
+
     def close(self) -> None:  # noqa: B027 - nothing to release unless a backend holds connections
         """Release connections (the PostgreSQL store shares its source's pool)."""
 
@@ -108,6 +133,21 @@ CREATE TABLE IF NOT EXISTS geoharbor.records (
   UNIQUE (kind, key)
 );
 CREATE INDEX IF NOT EXISTS records_kind ON geoharbor.records (kind, id);
+-- Unlogged: counters are hot, short-lived and worth no WAL; a crash only resets them.
+CREATE UNLOGGED TABLE IF NOT EXISTS geoharbor.rate_counters
+  (bucket text PRIMARY KEY, reset_at bigint NOT NULL, hits integer NOT NULL);
+"""
+
+#: One request counted in its bucket's window, by the database's clock so that every host
+#: agrees on the windows. A hit computed for an older window than the stored one (a slow
+#: statement overtaken by a newer one) counts in the newer window rather than resetting it.
+_PG_HIT = """
+INSERT INTO geoharbor.rate_counters AS c (bucket, reset_at, hits)
+SELECT %(bucket)s, (floor(extract(epoch FROM clock_timestamp()) / %(window)s)::bigint + 1) * %(window)s, 1
+ON CONFLICT (bucket) DO UPDATE SET
+  hits = CASE WHEN excluded.reset_at > c.reset_at THEN 1 ELSE c.hits + 1 END,
+  reset_at = greatest(c.reset_at, excluded.reset_at)
+RETURNING hits, reset_at
 """
 
 _PG_BUMP = (
@@ -224,6 +264,33 @@ class PostgresStore(Store):
             (kind, rid),
         )
 
+    def page(self, kind: str, offset: int, limit: int, newest_first: bool = False) -> list[Record]:
+        order = sql.SQL("DESC" if newest_first else "ASC")
+        statement = sql.SQL(
+            "SELECT kind, id, key, body, created, modified FROM geoharbor.records "
+            "WHERE kind = %s ORDER BY id {} LIMIT %s OFFSET %s"
+        ).format(order)
+        with self._connection() as conn:
+            rows = conn.execute(statement, (kind, limit, offset)).fetchall()
+        return [self._record(r) for r in rows]
+
+    def count(self, kind: str) -> int:
+        with self._connection() as conn:
+            row = conn.execute("SELECT count(*) FROM geoharbor.records WHERE kind = %s", (kind,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def hit(self, bucket: str, window_s: int) -> tuple[int, float]:
+        with self._connection() as conn:
+            row = conn.execute(_PG_HIT, {"bucket": bucket, "window": window_s}).fetchone()
+        assert row is not None  # an upsert always returns its row
+        return int(row[0]), float(row[1])
+
+    def purge_counters(self) -> int:
+        with self._connection() as conn:
+            return conn.execute(
+                "DELETE FROM geoharbor.rate_counters WHERE reset_at <= extract(epoch FROM clock_timestamp())"
+            ).rowcount
+
 
 # -- SQLite (embedded mode) ------------------------------------------------------------------
 
@@ -239,6 +306,17 @@ CREATE TABLE IF NOT EXISTS records (
   UNIQUE (kind, key)
 );
 CREATE INDEX IF NOT EXISTS records_kind ON records (kind, id);
+CREATE TABLE IF NOT EXISTS rate_counters
+  (bucket TEXT PRIMARY KEY, reset_at INTEGER NOT NULL, hits INTEGER NOT NULL);
+"""
+
+#: As :data:`_PG_HIT`; the window's end is computed by the caller (one host shares a clock).
+_SQLITE_HIT = """
+INSERT INTO rate_counters (bucket, reset_at, hits) VALUES (?, ?, 1)
+ON CONFLICT (bucket) DO UPDATE SET
+  hits = CASE WHEN excluded.reset_at > rate_counters.reset_at THEN 1 ELSE rate_counters.hits + 1 END,
+  reset_at = max(rate_counters.reset_at, excluded.reset_at)
+RETURNING hits, reset_at
 """
 
 
@@ -351,6 +429,35 @@ class SQLiteStore(Store):
             "DELETE FROM records WHERE kind = ? AND id = ? RETURNING kind, id, key, body, created, modified",
             (kind, rid),
         )
+
+    def page(self, kind: str, offset: int, limit: int, newest_first: bool = False) -> list[Record]:
+        order = "DESC" if newest_first else "ASC"
+        rows = self._conn.execute(
+            "SELECT kind, id, key, body, created, modified FROM records WHERE kind = ? "  # noqa: S608 - fixed words
+            f"ORDER BY id {order} LIMIT ? OFFSET ?",
+            (kind, limit, offset),
+        ).fetchall()
+        return [self._record(r) for r in rows]
+
+    def count(self, kind: str) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM records WHERE kind = ?", (kind,)).fetchone()[0])
+
+    def hit(self, bucket: str, window_s: int) -> tuple[int, float]:
+        reset_at = (int(time.time()) // window_s + 1) * window_s
+        try:
+            # fetchall: the statement must run to its end, which commits it (autocommit mode).
+            ((hits, stored_reset),) = self._conn.execute(_SQLITE_HIT, (bucket, reset_at)).fetchall()
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full
+            raise Unavailable(f"state store unavailable: {exc}") from exc
+        return int(hits), float(stored_reset)
+
+    def purge_counters(self) -> int:
+        try:
+            return self._conn.execute(
+                "DELETE FROM rate_counters WHERE reset_at <= ?", (time.time(),)
+            ).rowcount
+        except sqlite3.OperationalError as exc:
+            raise Unavailable(f"state store unavailable: {exc}") from exc
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -1,4 +1,13 @@
-"""The ``geoharbor`` command: serve, write the OpenAPI document, build the demo data."""
+"""The ``geoharbor`` command: serve, write the OpenAPI document, build the demo data,
+and manage users, roles and API keys in the configured store.
+
+The first admin of a deployment is made here (``geoharbor user add NAME --admin``
+then ``geoharbor key create --user NAME --scope read,write,admin``), or over REST
+with the master key. Commands that print a key print it once, alone on its line of
+stdout; everything else goes to stderr, so ``KEY=$(geoharbor key create ...)`` works.
+Bad input (an unknown user, scope or role, a taken name, an expiry in the past)
+exits with 2 and says what is wrong.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +15,13 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from providers.errors import ProviderError
 from server.config import ConfigError, load
 
 DEFAULT_CONFIG = "config/demo.yml"
@@ -46,6 +59,8 @@ def serve(args: argparse.Namespace) -> int:
         "control_socket_disable": True,
         # CQL2 filters with polygons make long URLs; 8190 is gunicorn's largest finite limit.
         "limit_request_line": 8190,
+        # A key sent as ?api_key= must not reach the access log in clear.
+        "logger_class": "server.access_log.KeyRedactingLogger",
     }
     os.environ["GEOHARBOR_CONFIG"] = str(Path(path).resolve())
 
@@ -87,6 +102,190 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- users, roles and keys ------------------------------------------------------------------
+@contextmanager
+def _accounts(args: argparse.Namespace) -> Iterator[Any]:
+    """The configured store's accounts, opened alone (no source is published to do this)."""
+    from providers.postgis import PostGISDatabase
+    from providers.store import PostgresStore, SQLiteStore, Store
+    from server.accounts import Accounts
+
+    config = load(_config_path(args))
+    spec = config["store"]
+    db = None
+    store: Store
+    if "source" in spec:
+        db = PostGISDatabase(config["sources"][spec["source"]]["url"], pool_min=1, pool_max=1)
+        store = PostgresStore(db)
+    else:
+        store = SQLiteStore(spec["path"])
+    try:
+        yield Accounts(store)
+    finally:
+        store.close()
+        if db is not None:
+            db.close()
+
+
+def _say(message: str) -> None:
+    print(f"geoharbor: {message}", file=sys.stderr)
+
+
+def _when(epoch: float | None) -> str:
+    return "never" if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> None:
+    """Rows in aligned columns on stdout (a header first)."""
+    cells = [header, *[["-" if v is None or v == "" else str(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def user_add(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"username": args.name, "admin": args.admin, "roles": args.role or []}
+    for name in ("email", "firstname", "lastname"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    with _accounts(args) as acc:
+        record = acc.create_user(body)
+    _say(f"user {record.body['username']!r} created (id {record.id}{', admin' if args.admin else ''})")
+    return 0
+
+
+def user_list(args: argparse.Namespace) -> int:
+    with _accounts(args) as acc:
+        users = acc.store.list("user")
+        roles = {r.id: r.body.get("name") for r in acc.store.list("role")}
+    rows = [
+        [
+            u.id,
+            u.body.get("username"),
+            u.body.get("email"),
+            "yes" if u.body.get("admin") else "no",
+            "yes" if u.body.get("active", True) else "no",
+            ",".join(str(roles.get(r, r)) for r in u.body.get("roles", [])),
+        ]
+        for u in users
+    ]
+    _table(rows, ["ID", "USERNAME", "EMAIL", "ADMIN", "ACTIVE", "ROLES"])
+    return 0
+
+
+def role_add(args: argparse.Namespace) -> int:
+    with _accounts(args) as acc:
+        body: dict[str, Any] = {"name": args.name}
+        if args.parent is not None:
+            body["parent_id"] = args.parent if args.parent.isdigit() else acc.role_named(args.parent).id
+        record = acc.create_role(body)
+    _say(f"role {record.body['name']!r} created (id {record.id})")
+    return 0
+
+
+def role_list(args: argparse.Namespace) -> int:
+    with _accounts(args) as acc:
+        roles = acc.store.list("role")
+    names = {r.id: r.body.get("name") for r in roles}
+    parent = [names.get(r.body.get("parent_id"), r.body.get("parent_id")) for r in roles]
+    _table(
+        [[r.id, r.body.get("name"), p] for r, p in zip(roles, parent, strict=True)], ["ID", "NAME", "PARENT"]
+    )
+    return 0
+
+
+def key_create(args: argparse.Namespace) -> int:
+    """Make a key and print it once, alone on stdout; what it is goes to stderr."""
+    from server.accounts import parse_expires, parse_scopes
+
+    scopes = parse_scopes(args.scope)
+    expires = parse_expires(args.expires)
+    with _accounts(args) as acc:
+        user = acc.user_named(args.user)
+        key, record = acc.create_key(user, scopes, args.description, expires)
+    _say(
+        f"key {record.id} ({record.body['key_trunc']}...) for {args.user!r}, scopes {','.join(scopes)}, "
+        f"expires {_when(expires)}; it is shown once, below, and never again"
+    )
+    print(key, flush=True)
+    return 0
+
+
+def key_list(args: argparse.Namespace) -> int:
+    """Keys with their first characters, never the keys (the store has only their digests)."""
+    with _accounts(args) as acc:
+        users = {u.id: u.body.get("username") for u in acc.store.list("user")}
+        wanted = None if args.user is None else acc.user_named(args.user).id
+        records = acc.store.list("key") if args.all else acc.keys()
+        if wanted is not None:
+            records = [r for r in records if r.body.get("user_id") == wanted]
+    rows = [
+        [
+            r.id,
+            users.get(r.body.get("user_id"), r.body.get("user_id")),
+            r.body.get("key_trunc"),
+            ",".join(r.body.get("scopes", [])),
+            _when(r.body.get("expires")),
+            "yes" if r.body.get("active", True) else "revoked",
+            r.body.get("description"),
+        ]
+        for r in records
+    ]
+    _table(rows, ["ID", "USER", "KEY_TRUNC", "SCOPES", "EXPIRES", "ACTIVE", "DESCRIPTION"])
+    return 0
+
+
+def key_revoke(args: argparse.Namespace) -> int:
+    with _accounts(args) as acc:
+        record = acc.revoke_key(args.id)
+    _say(f"key {record.id} ({record.body['key_trunc']}...) revoked; every worker refuses it from now on")
+    return 0
+
+
+def _account_commands(sub: Any) -> None:
+    """``user``, ``role`` and ``key`` with their own sub-commands."""
+
+    def group(name: str, help_text: str) -> Any:
+        parser = sub.add_parser(name, help=help_text)
+        return parser.add_subparsers(dest=f"{name}_command", required=True)
+
+    def command(parent: Any, name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> Any:
+        parser = parent.add_parser(name, help=help_text)
+        parser.add_argument(
+            "-c", "--config", help=f"YAML config (default $GEOHARBOR_CONFIG or {DEFAULT_CONFIG})"
+        )
+        parser.set_defaults(func=func)
+        return parser
+
+    users = group("user", "manage users")
+    p = command(users, "add", user_add, "create a user")
+    p.add_argument("name", help="user name")
+    p.add_argument("--email")
+    p.add_argument("--firstname")
+    p.add_argument("--lastname")
+    p.add_argument("--admin", action="store_true", help="the user administers users, roles and keys")
+    p.add_argument("--role", action="append", metavar="ROLE", help="a role (name or id); repeat for more")
+    command(users, "list", user_list, "list users")
+
+    roles = group("role", "manage roles")
+    p = command(roles, "add", role_add, "create a role")
+    p.add_argument("name", help="role name")
+    p.add_argument("--parent", help="the role it inherits from (name or id)")
+    command(roles, "list", role_list, "list roles")
+
+    keys = group("key", "manage API keys")
+    p = command(keys, "create", key_create, "create an API key and print it once")
+    p.add_argument("--user", required=True, help="whose key")
+    p.add_argument("--scope", default="read", help="comma-separated: read, write, admin (default read)")
+    p.add_argument("--expires", help="a duration (30d, 12h, 2w) or an ISO 8601 time; default never")
+    p.add_argument("--description")
+    p = command(keys, "list", key_list, "list API keys (never the keys themselves)")
+    p.add_argument("--user", help="only this user's keys")
+    p.add_argument("--all", action="store_true", help="revoked keys too")
+    p = command(keys, "revoke", key_revoke, "revoke an API key")
+    p.add_argument("id", type=int, help="key id (see key list)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="geoharbor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,12 +304,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="(re)build the demo GeoPackage")
     p.add_argument("-o", "--output", default="data/demo.gpkg")
     p.set_defaults(func=demo)
+    _account_commands(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as exc:
         print(f"geoharbor: {exc}", file=sys.stderr)
         return 2
+    except ProviderError as exc:
+        # Bad input (unknown user, taken name, bad scope ...) exits 2; a store that does
+        # not answer is no fault of the input.
+        print(f"geoharbor: {exc.message}", file=sys.stderr)
+        return 1 if exc.status >= 500 else 2
 
 
 if __name__ == "__main__":
