@@ -19,7 +19,8 @@ from server import (
     ogc,
     ratelimit,
     rest,
-    rest_buffer,  # noqa: F401 - registers its routes on rest.blueprint
+    rest_audit,  # noqa: F401 - registers its routes on rest.blueprint
+    rest_buffer,  # noqa: F401
     rest_export,  # noqa: F401
     rest_layers,  # noqa: F401
     rest_maps,  # noqa: F401
