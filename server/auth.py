@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from flask import Flask, Request, current_app, g, request
+from werkzeug.datastructures import ImmutableMultiDict
 
 from providers.errors import Forbidden, NotFound, ProviderError, Unauthorized
 from providers.store import Record, Store
@@ -292,6 +293,35 @@ class Auth:
     def require_collection(self, identity: Identity, coll: Collection, action: Action) -> None:
         self.require(identity, action, self.collection_rights(identity, coll), f"collection {coll.id!r}")
 
+    def record_rights(self, identity: Identity, record: Record) -> frozenset[str]:
+        """What ``identity`` may do with a shareable store record (a layer, map or table)."""
+        return self.resource_rights(identity, record.id, record.body.get("owner"))
+
+    def table_rights(self, identity: Identity, record: Record | None) -> frozenset[str]:
+        """What ``identity`` may do with a table of a source, through the REST tables routes.
+
+        A table the REST API made has a record and is shared like any resource. Any
+        other table of the database is no shared resource: its data is published, if
+        at all, by a configured collection with its own readers and editors, so once
+        keys exist only an admin reaches it as a table (a layer over it is the same).
+        """
+        if record is not None:
+            return self.record_rights(identity, record)
+        return GRANTS["OWNER"] if identity.admin else frozenset()
+
+    def layer_rights(self, identity: Identity, layer_id: int) -> frozenset[str]:
+        """Rights on a layer record, published or not; NotFound when there is none."""
+        return self.record_rights(identity, self.store.get("layer", layer_id))
+
+    def require_create(self, identity: Identity, what: str) -> None:
+        """Creating a layer, table or map makes the caller its owner: it needs a key that may write."""
+        if self.mode == "community" or identity.admin:
+            return
+        if identity.anonymous:
+            raise Unauthorized(f"an API key is needed to create {what}")
+        if "write" not in identity.scopes:
+            raise Forbidden(f"this API key may not create {what}: it has no write scope")
+
     def visible(self, identity: Identity, colls: list[Collection]) -> list[Collection]:
         """The collections the caller may read, for lists (collections, search, catalogue)."""
         if self.mode == "community" or identity.admin:
@@ -309,22 +339,52 @@ def current_auth() -> Auth:
     return current_app.extensions["geoharbor"].auth
 
 
+def readable_record(record: Record) -> bool:
+    """Whether the caller may read a shareable store record (layer, map, table)."""
+    auth, identity = current_auth(), current_identity()
+    return auth.allowed(identity, "read", auth.record_rights(identity, record))
+
+
+def readable_collection(coll: Collection) -> bool:
+    auth, identity = current_auth(), current_identity()
+    return auth.allowed(identity, "read", auth.collection_rights(identity, coll))
+
+
+def visible_collection_ids() -> frozenset[str] | None:
+    """The ids of the collections the caller may read; None when that is every collection.
+
+    None lets every caller who sees everything (community mode, admins, a deployment
+    with only public collections) share one view of the collections.
+    """
+    auth = current_auth()
+    colls = list(auth.registry.collections.values())
+    shown = auth.visible(current_identity(), colls)
+    return None if len(shown) == len(colls) else frozenset(c.id for c in shown)
+
+
 def install(app: Flask, auth: Auth) -> None:
     """Check every request before its route runs: who it is, then what it may do.
 
-    Routes that address one collection by URL (``cid``) are checked here; lists
-    filter with :meth:`Auth.visible`, and the routes of records (layers, maps,
-    tables) check their record's rights themselves.
+    What a route addresses by URL is checked here, for every route family (see
+    :func:`_check_route`); lists leave out what the caller may not read
+    (:meth:`Auth.visible`, :func:`readable_record`), and what a body refers to (the
+    layers of a map, the table of a layer) is checked by the route that reads it.
     """
     community_logged = False
 
     @app.before_request
     def check_access() -> None:
         nonlocal community_logged
-        if request.method == "OPTIONS":
+        if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
             return  # CORS preflights carry no credentials
         identity = auth.identify(presented_key(request))
         g.identity = identity
+        if "api_key" in request.args:
+            # Read, now out of the way: routes that refuse unknown parameters accept it, and
+            # no link, cache key or filter built from the query repeats the key.
+            args = request.args.copy()
+            args.poplist("api_key")
+            request.args = ImmutableMultiDict(args)  # type: ignore[misc]
         writing = request.method not in SAFE_METHODS
         if auth.mode == "community":
             if not community_logged:
@@ -336,12 +396,123 @@ def install(app: Flask, auth: Auth) -> None:
                     "create an API key to edit from elsewhere"
                 )
             return
-        cid = (request.view_args or {}).get("cid")
-        if cid is not None and request.endpoint not in SELF_CHECKED:
-            coll = current_app.extensions["geoharbor"].registry.collections.get(cid)
-            if coll is not None:
-                auth.require_collection(identity, coll, "write" if writing else "read")
+        _check_route(auth, identity, "write" if writing else "read")
 
 
-#: Endpoints that check access themselves, after bringing the registry up to date.
-SELF_CHECKED = frozenset({"tiles.collection_tile", "tiles.composite_tile"})
+#: Endpoints that check access themselves: tiles once the registry is current, and the
+#: items POST, which is a query (a read) or a new feature (a write) depending on its body.
+SELF_CHECKED = frozenset({"tiles.collection_tile", "tiles.composite_tile", "features.create"})
+#: Endpoints of several collections named by ``collections=``: every one must be readable.
+COMPOSITE = frozenset({"tiles.composite_tilejson", "viewer.collections_style", "viewer.collections_map"})
+#: REST routes (rules under the REST prefix) whose POST creates something the caller will own.
+CREATES = {
+    "/layers": "a layer",
+    "/tables": "a table",
+    "/maps": "a map",
+    "/layers/<layer>/buffer": "a buffer layer",
+}
+
+
+def _check_route(auth: Auth, identity: Identity, action: Action) -> None:
+    """Check what the request's URL addresses: a collection, a layer, a map, a table."""
+    endpoint = request.endpoint
+    if endpoint is None or endpoint in SELF_CHECKED:
+        return  # no route (404/405 follow), or the route checks itself
+    view = request.view_args or {}
+    registry = auth.registry
+    if "cid" in view:
+        auth.require_collection(identity, registry.get(view["cid"]), action)
+    elif request.blueprint == "mapfish" and "layer" in view:
+        layer = view["layer"]
+        if endpoint == "mapfish.layer_features":  # as the route: "{layer}.json" is the layer
+            layer = layer.removesuffix(".json") or layer
+        auth.require_collection(identity, registry.get(layer), action)
+    elif request.blueprint == "rest" and request.url_rule is not None:
+        _check_rest(auth, identity, action, view)
+    elif endpoint in COMPOSITE and request.args.get("collections") is not None:
+        for cid in {part.strip() for part in request.args["collections"].split(",") if part.strip()}:
+            coll = registry.collections.get(cid)
+            if coll is None:
+                raise NotFound(f"collection {cid[:100]!r} not found")
+            auth.require_collection(identity, coll, "read")
+
+
+def _check_rest(auth: Auth, identity: Identity, action: Action, view: dict[str, Any]) -> None:
+    """REST records: layers by id, maps by id, tables by name; and who may create them."""
+    prefix = current_app.config["GEOHARBOR"]["rest"]["prefix"].rstrip("/")
+    rule = request.url_rule.rule.removeprefix(prefix)  # type: ignore[union-attr]
+    if rule.startswith("/layers/<int:layer_id>"):
+        layer_id = view["layer_id"]
+        auth.require(identity, action, auth.layer_rights(identity, layer_id), f"layer {layer_id}")
+    elif rule.startswith("/layers/<layer>/"):
+        # Export (GET) and buffer (POST) both only read the layer; a buffer creates another.
+        rights, what = _layer_or_collection_rights(auth, identity, view["layer"])
+        auth.require(identity, "read", rights, what)
+    elif rule.startswith("/maps/<int:map_id>"):
+        map_id = view["map_id"]
+        auth.require(
+            identity, action, auth.record_rights(identity, auth.store.get("map", map_id)), f"map {map_id}"
+        )
+    elif rule.startswith("/tables/<name>"):
+        name = view["name"]
+        auth.require(
+            identity, action, auth.table_rights(identity, _table_record(auth, name)), f"table {name[:100]!r}"
+        )
+    if request.method == "POST" and rule in CREATES:
+        auth.require_create(identity, CREATES[rule])
+
+
+def _layer_or_collection_rights(auth: Auth, identity: Identity, ref: str) -> tuple[frozenset[str], str]:
+    """Rights on what ``/layers/{ref}/export|buffer`` reads: a layer id, else a collection id.
+
+    Resolved as :func:`server.rest_export.layer_or_collection` does: a published layer
+    first, then a configured collection whose id happens to be digits.
+    """
+    registry = auth.registry
+    if ref.isdigit():
+        layer_id = int(ref)
+        published = any(c.layer_id == layer_id for c in registry.collections.values())
+        if published or ref not in registry.collections:
+            return auth.layer_rights(identity, layer_id), f"layer {ref}"
+    return auth.collection_rights(identity, registry.get(ref)), f"collection {ref!r}"
+
+
+def _table_record(auth: Auth, name: str) -> Record | None:
+    """The record of a table the REST API made, keyed ``<source>:<table>`` as server.rest_tables keeps it."""
+    source = request.args.get("connection_id") or current_app.config["GEOHARBOR"]["store"].get("tables")
+    if not isinstance(source, str):
+        return None
+    return auth.store.find("table", f"{source}:{name}")
+
+
+def require_admin(identity: Identity, what: str) -> None:
+    """Raise unless the caller may manage users, roles and everyone's keys.
+
+    In community mode no key exists yet, so the machine's own clients may (the rule
+    of every write there): besides the CLI, that is how a deployment without a master
+    key gets its first admin and key over HTTP. 401 without a key, 403 for a key that
+    is not an admin's.
+    """
+    if identity.admin:
+        return
+    if current_auth().mode == "community":
+        if is_loopback(request.remote_addr):
+            return
+        raise Forbidden(f"community mode: only this machine may {what}")
+    if identity.anonymous:
+        raise Unauthorized(f"an admin's API key is needed to {what}")
+    raise Forbidden(f"only an admin's API key with the admin scope may {what}")
+
+
+def require_scope(identity: Identity, scopes: tuple[str, ...], what: str) -> None:
+    """Raise unless the caller's key has one of ``scopes`` (admins always do).
+
+    In community mode there are no keys: reads are open and the access hook already
+    keeps writes to the machine's own clients.
+    """
+    if identity.admin or current_auth().mode == "community":
+        return
+    if identity.anonymous:
+        raise Unauthorized(f"an API key is needed to {what}")
+    if not identity.scopes & set(scopes):
+        raise Forbidden(f"this API key may not {what}: it needs the {' or '.join(scopes)} scope")

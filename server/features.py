@@ -3,6 +3,9 @@
 Reads stream the providers' GeoJSON straight out; HTML pages reuse pygeoapi's
 templates. Writes (Part 4) go through the provider write calls with ``ETag`` /
 ``If-Match`` optimistic locking. pygeoapi has no PATCH route: this one does.
+
+Access is checked by the hook of :mod:`server.auth` before a route runs, except for
+the items POST: only its body tells a query (a read) from a new feature (a write).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from providers.crs import CRS84, parse_crs
 from providers.errors import InvalidData, InvalidQuery, ReadOnly
 from providers.filters import parse_cql2
 from server import formats
+from server.auth import current_auth, current_identity
 from server.bodies import json_body
-from server.links import MEDIA, base_url, link, link_header, url
+from server.links import MEDIA, link, link_header, url
+from server.ogc import request_api
 from server.params import items_query
 from server.registry import Collection
 
@@ -148,7 +153,7 @@ def _with(args, **changes: Any):
 def _html_items(coll: Collection, query: Query, features: list[bytes], links, matched) -> Response:
     from pygeoapi.util import render_j2_template
 
-    api = _state().core.api(base_url())
+    api = request_api()
     content = {
         "type": "FeatureCollection",
         "features": [orjson.loads(f) for f in features],
@@ -208,7 +213,7 @@ def item(cid: str, fid: str) -> Response:
 def _html_item(coll: Collection, body: bytes) -> Response:
     from pygeoapi.util import render_j2_template
 
-    api = _state().core.api(base_url())
+    api = request_api()
     content = orjson.loads(body)
     content.update(
         {
@@ -229,18 +234,29 @@ def _html_item(coll: Collection, body: bytes) -> Response:
 
 
 # -- OPTIONS: QGIS turns editing on from Allow -----------------------------------------------
+def _allow(cid: str, writes: list[str]) -> Response:
+    """The methods the caller may use: writes only on an editable collection it may write.
+
+    A CORS preflight carries no key and is answered alike for every id, so that it
+    does not tell a hidden collection from one that does not exist; any other OPTIONS
+    was checked by the access hook like a read (404 for a collection hidden from it).
+    """
+    if request.headers.get("Access-Control-Request-Method"):
+        return Response(status=204, headers={"Allow": ", ".join(READ_METHODS + writes)})
+    coll = _collection(cid)
+    auth, identity = current_auth(), current_identity()
+    writable = coll.editable and auth.allowed(identity, "write", auth.collection_rights(identity, coll))
+    return Response(status=204, headers={"Allow": ", ".join(READ_METHODS + (writes if writable else []))})
+
+
 @blueprint.route("/collections/<cid>/items", methods=["OPTIONS"])
 def items_options(cid: str) -> Response:
-    coll = _collection(cid)
-    allow = READ_METHODS + (["POST"] if coll.editable else [])
-    return Response(status=204, headers={"Allow": ", ".join(allow)})
+    return _allow(cid, ["POST"])
 
 
 @blueprint.route("/collections/<cid>/items/<path:fid>", methods=["OPTIONS"])
 def item_options(cid: str, fid: str) -> Response:
-    coll = _collection(cid)
-    allow = READ_METHODS + (["PUT", "PATCH", "DELETE"] if coll.editable else [])
-    return Response(status=204, headers={"Allow": ", ".join(allow)})
+    return _allow(cid, ["PUT", "PATCH", "DELETE"])
 
 
 # -- writes (Part 4) --------------------------------------------------------------------
@@ -261,7 +277,10 @@ def _content_crs():
 @blueprint.route("/collections/<cid>/items", methods=["POST"], provide_automatic_options=False)
 def create(cid: str) -> Response:
     body = json_body()
-    if request.mimetype == "application/query-cql-json" or (isinstance(body, dict) and "op" in body):
+    query = request.mimetype == "application/query-cql-json" or (isinstance(body, dict) and "op" in body)
+    # Checked here, not by the access hook (server.auth.SELF_CHECKED): the body says which.
+    current_auth().require_collection(current_identity(), _collection(cid), "read" if query else "write")
+    if query:
         # A CQL2 JSON filter POSTed to items is a query (Part 3), not a new feature.
         return _items(cid, parse_cql2(orjson.dumps(body).decode(), "cql2-json"))
     coll = _writable(cid)

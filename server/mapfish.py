@@ -4,7 +4,9 @@ A layer is a published collection (its id); the routes answer from the same
 providers as OGC API, and every read parameter is compiled into the shared
 :class:`~providers.base.Query` (conditions as a CQL2 JSON tree), so a MapFish
 filter is checked and bound exactly as an OGC ``filter`` is. Writes go through
-:meth:`~providers.base.FeatureProvider.write`, one transaction per request.
+:meth:`~providers.base.FeatureProvider.write`, one transaction per request. Who may
+read or write a layer is that of its collection, checked by the access hook of
+:mod:`server.auth` before a route runs (a layer hidden from the caller is a 404).
 
 Differences from the letter of the protocol's text, on purpose:
 

@@ -2,13 +2,16 @@
 queryables, schema and the OpenAPI document.
 
 Each route hands the Flask request to the pygeoapi API function of the same name,
-through the pygeoapi ``API`` object for the base URL the client used.
+through the pygeoapi ``API`` object for the base URL the client used and the
+collections the caller may read: pygeoapi has no authorization of its own, so what
+it does not know of, it cannot list (``/collections``, ``/openapi``, the landing page).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pygeoapi
 import pygeoapi.api as core_api
@@ -16,13 +19,19 @@ import pygeoapi.api.itemtypes as itemtypes_api
 from flask import Blueprint, Response, current_app, request, send_from_directory
 from pygeoapi.api import APIRequest
 
+from server.auth import visible_collection_ids
 from server.links import base_url
 
 blueprint = Blueprint("ogc", __name__)
 
 
+def request_api() -> Any:
+    """The pygeoapi ``API`` object for the client's base URL and the collections it may read."""
+    return current_app.extensions["geoharbor"].core.api(base_url(), visible_collection_ids())
+
+
 def _pygeoapi(function: Callable, *args: str) -> Response:
-    api = current_app.extensions["geoharbor"].core.api(base_url())
+    api = request_api()
     api_request = APIRequest.from_flask(request, api.locales)
     if not api_request.is_valid():
         headers, status, content = api.get_format_exception(api_request)
@@ -35,7 +44,8 @@ def _pygeoapi(function: Callable, *args: str) -> Response:
 
 
 def _known(cid: str) -> None:
-    current_app.extensions["geoharbor"].registry.get(cid)  # 404 in our format when unknown
+    # 404 in our format when unknown (the access hook has also checked the caller may read it)
+    current_app.extensions["geoharbor"].registry.get(cid)
 
 
 @blueprint.route("/")

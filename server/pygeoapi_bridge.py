@@ -6,6 +6,11 @@ configuration from its own, here and only here, and keeps one pygeoapi ``API``
 object per public base URL so links follow the address the client used (or the
 configured public URL). The pygeoapi API functions then answer the landing page,
 conformance, collections, queryables and OpenAPI routes.
+
+pygeoapi has no authorization: an ``API`` object lists every collection of its
+configuration. So each one is built over a *set of collections* as well (those a
+caller may read, :func:`server.auth.visible_collection_ids`), and a caller is only
+ever answered by one that holds no collection hidden from it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,7 @@ import yaml
 
 from providers import pygeoapi_plugin
 from server import __version__
-from server.registry import Registry
+from server.registry import Collection, Registry
 
 LOGGER = logging.getLogger(__name__)
 
@@ -58,11 +64,19 @@ EXTRA_CONFORMANCE = [
 FILTER_LANGS = ["cql2-text", "cql2-json", "cql-text"]
 
 
-def pygeoapi_config(config: dict[str, Any], registry: Registry, base_url: str) -> dict[str, Any]:
-    """pygeoapi's configuration for our collections, with links under ``base_url``."""
+def shown(registry: Registry, only: AbstractSet[str] | None = None) -> list[Collection]:
+    """The registry's collections, or those of them whose ids are in ``only``."""
+    colls = list(registry.collections.values())
+    return colls if only is None else [c for c in colls if c.id in only]
+
+
+def pygeoapi_config(
+    config: dict[str, Any], registry: Registry, base_url: str, only: AbstractSet[str] | None = None
+) -> dict[str, Any]:
+    """pygeoapi's configuration for our collections (those in ``only``), with links under ``base_url``."""
     server = config["server"]
     resources: dict[str, Any] = {}
-    for coll in registry.collections.values():
+    for coll in shown(registry, only):
         schema = coll.provider.schema
         extents: dict[str, Any] = {
             "spatial": {
@@ -148,7 +162,7 @@ def pygeoapi_config(config: dict[str, Any], registry: Registry, base_url: str) -
     }
 
 
-def _patch_openapi(doc: dict[str, Any], registry: Registry) -> dict[str, Any]:
+def _patch_openapi(doc: dict[str, Any], colls: list[Collection]) -> dict[str, Any]:
     """Describe what geoharbor's own feature routes add to pygeoapi's document.
 
     GDAL pushes ``-where`` to the server only when ``filter-lang`` lists ``cql-text``
@@ -197,8 +211,8 @@ def _patch_openapi(doc: dict[str, Any], registry: Registry) -> dict[str, Any]:
             for code, response in (responses or {}).items():
                 if isinstance(response, dict) and "$ref" not in response and "description" not in response:
                     response["description"] = "Success" if str(code).startswith("2") else "Failure"
-    _add_tile_paths(doc, registry)
-    for coll in registry.collections.values():
+    _add_tile_paths(doc, colls)
+    for coll in colls:
         items = paths.get(f"/collections/{coll.id}/items")
         if items and "get" in items:
             plist = items["get"].setdefault("parameters", [])
@@ -272,7 +286,7 @@ def _json_get(summary: str, tag: str, parameters: list[dict[str, Any]] | None = 
     }
 
 
-def _add_tile_paths(doc: dict[str, Any], registry: Registry) -> None:
+def _add_tile_paths(doc: dict[str, Any], colls: list[Collection]) -> None:
     """OGC API - Tiles routes (served by geoharbor, not pygeoapi) in the document."""
     paths = doc.setdefault("paths", {})
     tms = _tile_path_parameters("tileMatrixSetId")
@@ -307,7 +321,7 @@ def _add_tile_paths(doc: dict[str, Any], registry: Registry) -> None:
             "responses": mvt,
         }
     }
-    for coll in registry.collections.values():
+    for coll in colls:
         base = f"/collections/{coll.id}/tiles"
         paths[base] = _json_get(f"Tilesets of {coll.title}", coll.id)
         paths[base + "/{tileMatrixSetId}"] = _json_get(f"Tileset of {coll.title}", coll.id, tms)
@@ -438,15 +452,17 @@ def _localise_refs(doc: dict[str, Any]) -> None:
 
 
 class PygeoapiCore:
-    """pygeoapi ``API`` objects, one per public base URL, and the OpenAPI document."""
+    """pygeoapi ``API`` objects, one per public base URL and set of collections, and the OpenAPI document."""
 
-    MAX_BASES = 16
+    #: API objects kept (least recently used dropped): few base URLs times few distinct
+    #: sets of readable collections (most callers see all, or all public, collections).
+    MAX_APIS = 32
 
     def __init__(self, config: dict[str, Any], registry: Registry) -> None:
         self.config = config
         self.registry = registry
         _register_conformance()
-        self._apis: OrderedDict[str, Any] = OrderedDict()
+        self._apis: OrderedDict[tuple[str, frozenset[str] | None], Any] = OrderedDict()
         self._lock = threading.Lock()
         self._version = -1
         self._env_dir: str | None = None
@@ -475,33 +491,42 @@ class PygeoapiCore:
         os.environ["PYGEOAPI_CONFIG"] = path
         os.environ["PYGEOAPI_OPENAPI"] = os.path.join(directory, "pygeoapi-openapi.yml")
 
-    def openapi(self, base_url: str) -> dict[str, Any]:
-        """The OpenAPI document served at ``/openapi``, with servers under ``base_url``."""
+    def openapi(self, base_url: str, only: AbstractSet[str] | None = None) -> dict[str, Any]:
+        """The OpenAPI document served at ``/openapi``, with servers under ``base_url``.
+
+        ``only``: the ids of the collections it describes (default: every one).
+        """
         from pygeoapi.openapi import get_oas
 
-        doc = get_oas(pygeoapi_config(self.config, self.registry, base_url), fail_on_invalid_collection=False)
+        cfg = pygeoapi_config(self.config, self.registry, base_url, only)
+        doc = get_oas(cfg, fail_on_invalid_collection=False)
         doc["info"]["version"] = __version__
         doc["info"]["x-geoharbor"] = "generated by pygeoapi, extended by geoharbor"
         _localise_refs(doc)
-        _patch_openapi(doc, self.registry)
+        _patch_openapi(doc, shown(self.registry, only))
         _add_family_paths(doc, self.config)
+        _add_security(doc)
         return doc
 
-    def api(self, base_url: str) -> Any:
-        """The pygeoapi API object whose links start with ``base_url``."""
+    def api(self, base_url: str, only: frozenset[str] | None = None) -> Any:
+        """The pygeoapi API object whose links start with ``base_url``, knowing only the
+        collections in ``only`` (None: every collection)."""
         from pygeoapi.api import API
 
+        key = (base_url, only)
         with self._lock:
-            found = self._apis.get(base_url)
+            found = self._apis.get(key)
             if found is not None:
-                self._apis.move_to_end(base_url)
+                self._apis.move_to_end(key)
                 return found
-        cfg = pygeoapi_config(self.config, self.registry, base_url)
-        api = API(cfg, self.openapi(base_url))
+            version = self._version
+        cfg = pygeoapi_config(self.config, self.registry, base_url, only)
+        api = API(cfg, self.openapi(base_url, only))
         with self._lock:
-            self._apis[base_url] = api
-            while len(self._apis) > self.MAX_BASES:
-                self._apis.popitem(last=False)
+            if version == self._version:  # not built from collections that changed meanwhile
+                self._apis[key] = api
+                while len(self._apis) > self.MAX_APIS:
+                    self._apis.popitem(last=False)
         return api
 
 
@@ -509,6 +534,7 @@ def _add_family_paths(doc: dict[str, Any], config: dict[str, Any]) -> None:
     """Add the REST CRUD and MapFish routes, each described by its own module."""
     from server import (
         mapfish,
+        rest_audit,
         rest_buffer,
         rest_export,
         rest_layers,
@@ -521,7 +547,16 @@ def _add_family_paths(doc: dict[str, Any], config: dict[str, Any]) -> None:
     families = [(config["mapfish"]["prefix"], mapfish, "MapFish protocol")]
     families += [
         (config["rest"]["prefix"], module, "REST CRUD")
-        for module in (rest_layers, rest_tables, rest_maps, rest_search, rest_buffer, rest_export, rest_users)
+        for module in (
+            rest_layers,
+            rest_tables,
+            rest_maps,
+            rest_search,
+            rest_buffer,
+            rest_export,
+            rest_users,
+            rest_audit,
+        )
     ]
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     tags = doc.setdefault("tags", [])
@@ -535,6 +570,25 @@ def _add_family_paths(doc: dict[str, Any], config: dict[str, Any]) -> None:
         schemas.update(fragment.get("components", {}).get("schemas", {}))
         if fragment.get("paths") and not any(t.get("name") == tag for t in tags):
             tags.append({"name": tag, "description": f"{tag} routes of geoharbor"})
+
+
+#: How a client presents an API key (server.auth.presented_key): the first one found wins.
+SECURITY_SCHEMES = {
+    "apiKeyQuery": {"type": "apiKey", "in": "query", "name": "api_key"},
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "API-Key"},
+    "xApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+}
+
+
+def _add_security(doc: dict[str, Any]) -> None:
+    """Declare the API keys: optional everywhere (``{}``), as public data needs none.
+
+    Once a server has keys, what a key may see and do is per resource, so no
+    operation lists a scheme as required: a 401, 403 or 404 says what was missing.
+    """
+    doc.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    doc["security"] = [{}, *({name: []} for name in SECURITY_SCHEMES)]
 
 
 _CONFORMANCE_DONE = False

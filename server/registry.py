@@ -320,18 +320,37 @@ class Registry:
                 self.sync()  # perhaps a layer created a moment ago through another process
                 found = [self.get(cid) for cid in cids]
             colls: list[Collection] = found  # type: ignore[assignment]
-            db = self._shared_database(colls)
+            keys = self.revision_keys(colls)
             revisions = None
-            if db is not None and time.monotonic() >= self._store_retry_at:
-                keys = [GENERATION_KEY, *(c.provider.revision_key for c in colls)]  # type: ignore[attr-defined]
-                revisions = db.revisions(keys)
+            if keys is not None:
+                revisions = colls[0].provider.db.revisions(keys)  # type: ignore[attr-defined]
             if revisions is None:
                 if self.sync():
                     continue
                 return [(c, c.provider.revision()) for c in colls]
-            if not self._rebuild(revisions[GENERATION_KEY]):
+            if self.current(revisions):
                 return [(c, revisions[c.provider.revision_key]) for c in colls]  # type: ignore[attr-defined]
         return [(self.get(cid), None) for cid in cids]  # layers changing under us: no caching
+
+    def revision_keys(self, colls: list[Collection]) -> tuple[str, ...] | None:
+        """What to read to serve tiles of ``colls`` from a cache: the generation, then their revisions.
+
+        None unless the store and every collection share one PostgreSQL database with
+        its revision table (and the store answers), where one statement reads them all,
+        and a tile that is not cached can be built in the same round trip
+        (:meth:`PostGISProvider.tile_with_revisions`).
+        """
+        if time.monotonic() < self._store_retry_at:
+            return None
+        db = self._shared_database(colls)
+        if db is None or not db.ensure_revisions():
+            return None
+        return (GENERATION_KEY, *(c.provider.revision_key for c in colls))  # type: ignore[attr-defined]
+
+    def current(self, revisions: dict[str, int]) -> bool:
+        """Whether this process's collections are the store's as of ``revisions`` (read with
+        :meth:`revision_keys`); when they are not, they are rebuilt and this says False."""
+        return not self._rebuild(revisions[GENERATION_KEY])
 
     def _shared_database(self, colls: list[Collection]) -> PostGISDatabase | None:
         """The store's database when every collection lives in it too, else None."""

@@ -8,6 +8,9 @@ at once as a layer. Each feature is buffered on the ground (:mod:`providers.geod
 ``merge_geom`` unions all buffers into one feature. The source is read through its
 provider with the shared query model, the new rows written through the new table's
 provider in one transaction; if anything fails the new table is dropped again.
+
+The caller must be able to read the source layer and to create (a key with the write
+scope, checked by :mod:`server.auth`); the new table and layer are the caller's own.
 """
 
 from __future__ import annotations

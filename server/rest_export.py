@@ -7,7 +7,8 @@ finished file is opened, the directory removed at once, and the open file stream
 to the client: nothing is left on disk whatever happens to the download.
 
 ``{id}`` is a layer id; a configured collection may be exported by its collection
-id too, as it has no layer id.
+id too, as it has no layer id. Exporting is reading: the access hook of
+:mod:`server.auth` lets only a caller who may read the layer (or collection) through.
 """
 
 from __future__ import annotations

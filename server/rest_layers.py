@@ -7,6 +7,11 @@ and tiles, and its features are the same rows the REST feature routes read and
 write. Collections declared in the configuration or discovered from a source are
 not layers (they have no layer id) and are not listed here.
 
+Who may see and change a layer is decided by :mod:`server.auth`: its hook checks the
+layer a URL names, the list shows only the layers the caller may read, and a layer
+is owned by the user who created it. A layer publishes a table, so making one (or
+pointing one at another table) needs rights on that table too.
+
 Features take the reference's shape (``__id``, ``__created``, ``__modified``,
 ``__owner``, ``__xmin..__ymax``, ``__geometry``, ``data``) but are read through the
 shared :class:`~providers.base.Query` and written through the provider's write
@@ -32,9 +37,12 @@ from pyproj.exceptions import CRSError
 
 from providers.base import CollectionSchema, Query
 from providers.crs import CRS, CRS84, epsg_uri, parse_crs
-from providers.errors import Conflict, InvalidData, InvalidQuery, NotFound
+from providers.errors import Conflict, Forbidden, InvalidData, InvalidQuery, NotFound
 from providers.filters import SPATIAL, parse_cql2
 from providers.store import Record
+from providers.tables import tables_of
+from server.accounts import Accounts
+from server.auth import current_auth, current_identity, readable_record
 from server.geometry_text import FORMATS, GeometryFormat, format_geometry, geometry_format, parse_geometry
 from server.links import url
 from server.registry import Collection, Registry
@@ -302,6 +310,7 @@ def layer_doc(record: Record, coll: Collection | None, with_columns: bool = Fals
         "modified": int(record.modified),
         "styles": body.get("styles"),
         "visible": body.get("visible", True),
+        "owner": body.get("owner"),
     }
     for name in LAYER_METADATA:
         if name in body:
@@ -372,7 +381,7 @@ LAYER_ORDER: dict[str, Callable[[Record], Any]] = {
 @blueprint.route("/layers", methods=["GET"])
 def list_layers() -> Response:
     page = paging()
-    records = sort_records(registry().store.list("layer"), LAYER_ORDER)
+    records = sort_records([r for r in registry().store.list("layer") if readable_record(r)], LAYER_ORDER)
     published = published_layers()
     with_columns = "columns" in expand()
     chunk = records[page.offset : page.offset + page.perpage]
@@ -493,13 +502,53 @@ def _layer_body(body: dict[str, Any], current: dict[str, Any] | None) -> dict[st
 
 
 def _map_for(mid: Any) -> Record:
-    """The map a new layer joins (``mid``); 422 when there is no such map."""
+    """The map a new layer joins (``mid``): 422 when there is none the caller may read, 403 when
+    the caller may read it but not change it."""
     try:
-        return registry().store.get("map", int(mid))
+        record = registry().store.get("map", int(mid))
     except (ValueError, TypeError):
         raise InvalidData("mid must be a map id") from None
     except NotFound:
-        raise InvalidData(f"mid: map {str(mid)[:40]} not found") from None
+        record = None
+    auth, identity = current_auth(), current_identity()
+    rights = auth.record_rights(identity, record) if record is not None else frozenset()
+    if record is None or not auth.allowed(identity, "read", rights):
+        raise InvalidData(f"mid: map {str(mid)[:40]} not found")
+    if not auth.allowed(identity, "write", rights):
+        raise Forbidden(f"this API key may not add layers to map {record.id}")
+    return record
+
+
+def require_table(body: dict[str, Any]) -> None:
+    """Check that the caller may publish the table a layer body names.
+
+    A layer shows its table to whoever may read the layer, and an editable one lets
+    them write its rows: so a layer needs read rights on its table, and write rights
+    when it is editable (:meth:`server.auth.Auth.table_rights`: tables the REST API
+    made, as shared; any other table of the database, admins only). Without this,
+    anyone with a write key could publish a private collection's table as their own.
+    """
+    auth, identity = current_auth(), current_identity()
+    if auth.mode == "community" or identity.admin:
+        return
+    source = body["source"]
+    name = body.get("table") if "table" in body else body.get("layer")
+    tables = tables_of(registry().sources[source], source)
+    record = next(
+        (
+            r
+            for r in registry().store.list("table")
+            if r.body.get("source") == source and tables.is_layer_of(body, str(r.body.get("name")))
+        ),
+        None,
+    )
+    rights = auth.table_rights(identity, record)
+    if not auth.allowed(identity, "read", rights):
+        raise InvalidData(f"cannot publish {str(name)[:100]!r}: no such table that this API key may read")
+    if body.get("editable", True) and not auth.allowed(identity, "write", rights):
+        raise Forbidden(
+            f"this API key may not edit table {str(name)[:100]!r}: publish it with editable false"
+        )
 
 
 def _publish(write: Callable[[], Record]) -> Record:
@@ -514,7 +563,11 @@ def _publish(write: Callable[[], Record]) -> Record:
 def create_layer() -> Response:
     body = json_body()
     record_body = _layer_body(body, None)
+    require_table(record_body)
     the_map = _map_for(body["mid"]) if body.get("mid") is not None else None
+    owner = current_identity().user_id
+    if owner is not None:
+        record_body["owner"] = owner  # the creator owns it (and may share it)
     reg = registry()
     if "collection" in record_body:
         record = _publish(lambda: reg.create_layer(record_body))
@@ -542,6 +595,8 @@ def update_layer(layer_id: int) -> Response:
     if "mid" in body:
         raise InvalidData("mid is only for creating a layer; add a layer to a map by updating the map")
     new_body = _layer_body(body, current.body)
+    if any(new_body.get(k) != current.body.get(k) for k in ("source", "table", "layer", "editable")):
+        require_table(new_body)  # pointed at another table, or made editable
     record = _publish(lambda: registry().update_layer(layer_id, new_body))
     return document(layer_doc(record, published_layers().get(layer_id)))
 
@@ -555,6 +610,7 @@ def remove_layer(layer_id: int) -> None:
         kept = [e for e in entries if e.get("layer_id") != layer_id]
         if len(kept) != len(entries):
             reg.store.update("map", the_map.id, {**the_map.body, "layers": kept})
+    Accounts(reg.store).forget_resource(layer_id)
 
 
 @blueprint.route("/layers/<int:layer_id>", methods=["DELETE"])
@@ -927,6 +983,11 @@ def openapi(prefix: str) -> dict[str, Any]:
                 "modified": {"type": "integer", "description": "epoch seconds"},
                 "styles": {"nullable": True},
                 "visible": {"type": "boolean"},
+                "owner": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": "id of the user who created it",
+                },
                 "error": {"type": "string", "description": "why the layer is not published"},
                 "columns": {"type": "array", "items": {"$ref": "#/components/schemas/RestColumn"}},
                 "links": {"type": "array", "items": {"$ref": "#/components/schemas/RestLink"}},

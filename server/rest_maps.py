@@ -6,6 +6,10 @@ one does not make the workers rebuild their collections. ``maps/{id}/render/ifra
 rendering, the built-in MapLibre page drawing the map's layers from the composite
 vector tiles (``/tiles/WebMercatorQuad/{z}/{y}/{x}?collections=a,b``): the viewer's
 template, script and vendored MapLibre, with a style built from the map.
+
+A map is a shareable resource owned by its creator (the access hook of
+:mod:`server.auth` checks the map a URL names); the list shows only the maps the
+caller may read, and a map shows, and may be given, only layers the caller may read.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pyproj import Transformer
 from providers.errors import InvalidData, InvalidQuery, NotFound
 from providers.store import Record
 from server import __version__
+from server.accounts import Accounts
+from server.auth import current_identity, readable_collection, readable_record
 from server.links import url
 from server.registry import Collection
 from server.rest import blueprint, document, envelope, json_body, no_content, paging, rest_url, wants_total
@@ -124,9 +130,11 @@ def _layers(value: Any) -> list[dict[str, Any]]:
         if not isinstance(layer_id, int) or isinstance(layer_id, bool):
             raise InvalidData(f"layers[{index}].layer_id must be a layer id")
         try:
-            store.get("layer", layer_id)
+            record = store.get("layer", layer_id)
         except NotFound:
-            raise InvalidData(f"layers[{index}]: layer {layer_id} not found") from None
+            record = None
+        if record is None or not readable_record(record):  # a layer hidden from the caller: as if none
+            raise InvalidData(f"layers[{index}]: layer {layer_id} not found")
         visible = entry.get("visible", True)
         if not isinstance(visible, bool):
             raise InvalidData(f"layers[{index}].visible must be true or false")
@@ -177,6 +185,7 @@ def map_doc(record: Record) -> dict[str, Any]:
         "proj4": body.get("proj4"),
         "bounds": body.get("bounds"),
         "layers": body.get("layers", []),
+        "owner": body.get("owner"),
         "created": int(record.created),
         "modified": int(record.modified),
         "links": [
@@ -195,7 +204,7 @@ def _map(map_id: int) -> Record:
 @blueprint.route("/maps", methods=["GET"])
 def list_maps() -> Response:
     page = paging()
-    records = sort_records(registry().store.list("map"), MAP_ORDER)
+    records = sort_records([r for r in registry().store.list("map") if readable_record(r)], MAP_ORDER)
     data = [map_doc(r) for r in records[page.offset : page.offset + page.perpage]]
     return envelope("maps", data, len(records) if wants_total() else None, page.page)
 
@@ -207,7 +216,11 @@ def get_map(map_id: int) -> Response:
 
 @blueprint.route("/maps", methods=["POST"])
 def create_map() -> Response:
-    record = registry().store.insert("map", _map_body(json_body(), None))
+    body = _map_body(json_body(), None)
+    owner = current_identity().user_id
+    if owner is not None:
+        body["owner"] = owner  # the creator owns it (and may share it)
+    record = registry().store.insert("map", body)
     return document(map_doc(record), 201, {"Location": rest_url(f"/maps/{record.id}")})
 
 
@@ -220,7 +233,9 @@ def update_map(map_id: int) -> Response:
 
 @blueprint.route("/maps/<int:map_id>", methods=["DELETE"])
 def delete_map(map_id: int) -> Response:
-    registry().store.delete("map", map_id)
+    store = registry().store
+    store.delete("map", map_id)
+    Accounts(store).forget_resource(map_id)
     return no_content()
 
 
@@ -230,7 +245,7 @@ def map_layers(map_id: int) -> Response:
     page = paging()
     entries = _map(map_id).body.get("layers", [])
     store = registry().store
-    records = {r.id: r for r in store.list("layer")} if entries else {}
+    records = {r.id: r for r in store.list("layer") if readable_record(r)} if entries else {}
     ordered = [(i, e) for i, e in enumerate(entries) if e["layer_id"] in records]
     published = published_layers()
     data = []
@@ -245,12 +260,13 @@ def map_layers(map_id: int) -> Response:
 
 # -- the map page ---------------------------------------------------------------------------
 def _map_collections(record: Record) -> list[tuple[Collection, dict[str, Any]]]:
-    """Published collections of the map's layers, in map order, with their map entries."""
+    """Published collections of the map's layers that the caller may read, in map order,
+    with their map entries (a map shared more widely than its layers shows less)."""
     published = published_layers()
     out = []
     for entry in record.body.get("layers", []):
         coll = published.get(entry["layer_id"])
-        if coll is not None and coll.provider.schema.geometry_field is not None:
+        if coll is not None and coll.provider.schema.geometry_field is not None and readable_collection(coll):
             out.append((coll, entry))
     return out
 
@@ -484,6 +500,11 @@ def openapi(prefix: str) -> dict[str, Any]:
                 "proj4": {"type": "string", "nullable": True},
                 "bounds": {"type": "array", "items": {"type": "number"}, "nullable": True},
                 "layers": {"type": "array", "items": {"$ref": "#/components/schemas/RestMapLayer"}},
+                "owner": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": "id of the user who created it",
+                },
                 "created": {"type": "integer"},
                 "modified": {"type": "integer"},
                 "links": {"type": "array", "items": {"$ref": "#/components/schemas/RestLink"}},

@@ -9,6 +9,10 @@ Distances (to rank hits) are measured in an azimuthal equidistant projection cen
 on the point, in which distances from the centre are true on the ellipsoid; the
 circle around a point is :func:`providers.geodesic.buffer`'s, the same geodesic
 buffer as the ``layers/{id}/buffer`` route's.
+
+Both see only the layers the caller may read: a search of every layer leaves the
+others out, and a layer named in the request that the caller may not read is a 404,
+as if it did not exist.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from providers import geodesic
 from providers.base import Query
 from providers.crs import CRS
 from providers.errors import InvalidData, InvalidQuery, NotFound, ProviderError
+from server.auth import current_auth, current_identity, readable_collection
 from server.geometry_text import geometry_format
 from server.registry import Collection
 from server.rest import blueprint, envelope, paging, wants_total
@@ -72,6 +77,14 @@ def _layer_id(raw: str) -> int:
     if not text.isdigit():
         raise InvalidQuery(f"{text[:40]!r} is not a layer id")
     return int(text)
+
+
+def _readable_layer(layer_id: int) -> Collection:
+    """The published collection of a layer the request names; 404 when the caller may not read it."""
+    coll = layer_collection(layer_id)
+    auth, identity = current_auth(), current_identity()
+    auth.require(identity, "read", auth.collection_rights(identity, coll), f"layer {layer_id}")
+    return coll
 
 
 def _aeqd(lon: float, lat: float) -> tuple[Transformer, Transformer]:
@@ -128,11 +141,13 @@ def _read(target: Target, query: Query) -> tuple[list[dict[str, Any]], int]:
 def _targets(raw: str | None) -> list[Target]:
     """``fields={layer_id}~{f1},{f2}[~{f1}:desc,...][;{layer_id}~...]``.
 
-    Without ``fields``, every text attribute of every published layer is searched.
+    Without ``fields``, every text attribute of every published layer the caller may read is searched.
     """
     if not raw:
         out = []
         for layer_id, coll in sorted(published_layers().items()):
+            if not readable_collection(coll):
+                continue
             text = [n for n, f in coll.provider.schema.fields.items() if f.type == "string" and not f.format]
             if text:
                 out.append(Target(layer_id, coll, text, [], implicit=True))
@@ -145,7 +160,7 @@ def _targets(raw: str | None) -> list[Target]:
         if len(pieces) > 3:
             raise InvalidQuery("fields: expected {layer_id}~{field},{field}[~{field}:desc][;...]")
         layer_id = _layer_id(pieces[0])
-        coll = layer_collection(layer_id)
+        coll = _readable_layer(layer_id)
         schema = coll.provider.schema
         names = [n.strip() for n in (pieces[1] if len(pieces) > 1 else "").split(",") if n.strip()]
         if not names:
@@ -274,7 +289,7 @@ def _point_layers(raw: str | None) -> list[tuple[int, Collection]]:
     ids = list(dict.fromkeys(_layer_id(part) for part in raw.split(",") if part.strip()))
     out = []
     for layer_id in ids:
-        coll = layer_collection(layer_id)
+        coll = _readable_layer(layer_id)
         if coll.provider.schema.geometry_field is None:
             raise NotFound(f"layer {layer_id} has no geometry")
         out.append((layer_id, coll))

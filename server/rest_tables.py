@@ -2,7 +2,8 @@
 
 Tables live in a configured source: ``connection_id`` names it, by default the one
 ``store.tables`` configures. Every table of the source's default schema (``public``)
-or file is listed and readable; the REST API *changes* only the tables it created
+or file is listed and readable (once keys exist: by admins; others see the tables
+the API made that they may read); the REST API *changes* only the tables it created
 itself, which it records in the store (kind ``table``): dropping, truncating or
 writing rows of any other table of the database (``countries`` ...) is refused, and
 those are written through their collections instead.
@@ -13,6 +14,10 @@ is dropped again, so nothing is ever half-made. Rows are read and written throug
 feature provider built over the table (:meth:`providers.tables.Tables.provider`): the
 same query model and write path as OGC API and the REST layers, with WKT geometries in
 the table's own CRS, x/y order.
+
+A table the API made is a shareable resource (its record's id) owned by its
+creator, as is the layer that publishes it; the access hook of :mod:`server.auth`
+checks the table a URL names, and lists show only the tables the caller may read.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ from providers.tables import (
     parse_table_spec,
     tables_of,
 )
+from server.accounts import Accounts
+from server.auth import current_auth, current_identity
 from server.geometry_text import parse_geometry, to_geojson
 from server.registry import Registry
 from server.rest import (
@@ -103,9 +110,9 @@ def created_record(source: str, name: str) -> Record | None:
     return registry().store.find(TABLE_KIND, _key(source, name))
 
 
-def created_keys() -> set[str | None]:
-    """The keys of every table this API created (``<source>:<table>``)."""
-    return {r.key for r in registry().store.list(TABLE_KIND)}
+def created_records() -> dict[str | None, Record]:
+    """Every table this API created, by key (``<source>:<table>``)."""
+    return {r.key: r for r in registry().store.list(TABLE_KIND)}
 
 
 def table_layers(source: str, tables: Tables, name: str) -> list[Record]:
@@ -135,12 +142,14 @@ def create_table(
     stale = created_record(source, spec.name)
     if stale is not None and spec.name not in tables.names():
         reg.store.delete(TABLE_KIND, stale.id)  # the table was dropped behind our back
+    # The caller owns the table and its layer (None in community mode: public, as before keys).
+    owned = {"owner": owner} if (owner := current_identity().user_id) is not None else {}
     info = tables.create(spec)
     record = published = None
     try:
         record = reg.store.insert(
             TABLE_KIND,
-            {"source": source, "name": info.name, "geometry": spec.geometry, "srid": spec.srid},
+            {"source": source, "name": info.name, "geometry": spec.geometry, "srid": spec.srid, **owned},
             key=_key(source, info.name),
         )
         if spec.geometry:
@@ -153,6 +162,7 @@ def create_table(
                 "collection": _collection_id(info.name, source),
                 "source": source,
                 **tables.layer_options(info.name),
+                **owned,
             }
             published = reg.create_layer(body)
     except BaseException:
@@ -176,20 +186,24 @@ def drop_table(source: str, tables: Tables, name: str) -> None:
         remove_layer(layer.id)
     tables.drop(info.name)
     reg.store.delete(TABLE_KIND, record.id)
+    Accounts(reg.store).forget_resource(record.id)
 
 
 def table_document(
-    source: str, tables: Tables, info: TableInfo, layers: list[Record], created: set[str | None]
+    source: str, tables: Tables, info: TableInfo, layers: list[Record], created: dict[str | None, Record]
 ) -> dict[str, Any]:
     """The reference's table representation, plus where it lives and what publishes it.
 
-    ``layers`` are layer records of the source, ``created`` the keys of the table
-    records (:func:`created_keys`): read once for a whole list, not once per table.
+    ``layers`` are layer records of the source, ``created`` the table records by key
+    (:func:`created_records`): read once for a whole list, not once per table.
     """
     doc = info.document()
     mine = [r for r in layers if tables.is_layer_of(r.body, info.name)]
+    record = created.get(_key(source, info.name))
     doc["connection_id"] = source
-    doc["editable"] = _key(source, info.name) in created
+    doc["editable"] = record is not None
+    doc["resource_id"] = record.id if record is not None else None
+    doc["owner"] = record.body.get("owner") if record is not None else None
     doc["layer_id"] = mine[0].id if mine else None
     doc["collection"] = mine[0].key if mine else None
     doc["links"] = [
@@ -216,11 +230,17 @@ def list_tables() -> Response:
     names = tables.names(True if spatial_only else False if plain_only else None)
     if order_by(["name"], [("name", True)]) == [("name", False)]:
         names.reverse()
+    created = created_records()
+    auth, identity = current_auth(), current_identity()
+    names = [
+        n
+        for n in names
+        if auth.allowed(identity, "read", auth.table_rights(identity, created.get(_key(source, n))))
+    ]
     page = paging()
     selected = names[page.offset : page.offset + page.perpage]
     count = "count" in expand()
     layers = [r for r in registry().store.list("layer") if r.body.get("source") == source]
-    created = created_keys()
     data = [
         table_document(source, tables, tables.describe(name, count), layers, created) for name in selected
     ]
@@ -243,7 +263,7 @@ def create_table_route() -> Response:
                 raise InvalidData(f"{member} must be a string of at most 1000 characters")
             extra[member] = value
     info, layer = create_table(source, tables, spec, extra)
-    doc = table_document(source, tables, info, [layer] if layer else [], {_key(source, info.name)})
+    doc = table_document(source, tables, info, [layer] if layer else [], created_records())
     return document(doc, 201, {"Location": _table_url(source, info.name)})
 
 
@@ -252,7 +272,7 @@ def get_table(name: str) -> Response:
     source, tables = source_tables()
     info = tables.describe(name, "count" in expand())
     layers = table_layers(source, tables, info.name)
-    return document(table_document(source, tables, info, layers, created_keys()))
+    return document(table_document(source, tables, info, layers, created_records()))
 
 
 @blueprint.route("/tables/<name>", methods=["DELETE"])
@@ -554,6 +574,16 @@ def openapi(prefix: str) -> dict[str, Any]:
                 "num_rows": {"type": "integer", "description": "with expand=count"},
                 "connection_id": {"type": "string"},
                 "editable": {"type": "boolean", "description": "created through this API: rows writable"},
+                "resource_id": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": "the table's record, to share it (resources/{id}/permissions)",
+                },
+                "owner": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": "id of the user who created it",
+                },
                 "layer_id": {"type": "integer", "nullable": True},
                 "collection": {"type": "string", "nullable": True},
                 "links": {"type": "array", "items": {"type": "object"}},

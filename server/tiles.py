@@ -3,8 +3,10 @@
 A tile is cached in this process under the collection's revision, which every write
 through geoharbor bumps in the data's own store, in the write's transaction. Each
 request reads the revision first, so no worker ever serves a tile older than the
-last write, whichever worker made it. ETags are hashes of the tile's bytes: a tile
-that an edit did not change keeps its ETag and still answers 304.
+last write, whichever worker made it. A tile this process has not cached is built
+in the same round trip as that read (see :func:`_unseen_tile`). ETags are hashes of
+the tile's bytes, computed once per build: a tile that an edit did not change keeps
+its ETag and still answers 304.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.datastructures import MultiDict
 
 from providers.base import TileRequest
-from providers.errors import InvalidQuery, NotFound
+from providers.errors import InvalidQuery, NotFound, ProviderError
+from providers.postgis import PostGISProvider
 from providers.tiles import TILE_MATRIX_SETS, TileMatrixSet, get_tms
 from server.auth import current_identity
 from server.links import url
@@ -42,20 +45,26 @@ MAX_COMPOSITE = 32
 
 
 class TileCache:
-    """An LRU of encoded tiles bounded in bytes, shared by the threads of one process."""
+    """An LRU of encoded tiles bounded in bytes, shared by the threads of one process.
+
+    An entry is a :class:`CachedTile`; its gzip form, once a client asked for it, is
+    kept beside it under the same key plus ``"gzip"``.
+    """
 
     def __init__(self, max_bytes: int) -> None:
-        self._cache: LRUCache = LRUCache(maxsize=max(1, max_bytes), getsizeof=lambda tile: len(tile) + 64)
+        self._cache: LRUCache = LRUCache(maxsize=max(1, max_bytes), getsizeof=_cached_size)
         self._lock = threading.Lock()
         self.enabled = max_bytes > 0
+        #: The last revision read of each collection: a tile cached under it is probably current.
+        self.revisions: dict[str, int] = {}
 
-    def get(self, key: tuple) -> bytes | None:
+    def get(self, key: tuple) -> CachedTile | None:
         if not self.enabled:
             return None
         with self._lock:
             return self._cache.get(key)
 
-    def put(self, key: tuple, tile: bytes) -> None:
+    def put(self, key: tuple, tile: CachedTile) -> None:
         if self.enabled:
             with self._lock:
                 self._cache[key] = tile
@@ -64,6 +73,27 @@ class TileCache:
         """Forget every tile: a collection id may now name another table."""
         with self._lock:
             self._cache.clear()
+            self.revisions.clear()
+
+
+class CachedTile:
+    """A tile's bytes with its ETag, hashed once when the tile was built."""
+
+    __slots__ = ("data", "etag")
+
+    def __init__(self, data: bytes, etag: str | None = None) -> None:
+        self.data = data
+        self.etag = (
+            etag if etag is not None else '"' + hashlib.blake2b(data, digest_size=12).hexdigest() + '"'
+        )
+
+
+def _cached_size(tile: CachedTile) -> int:
+    return len(tile.data) + 96
+
+
+#: The tile of a collection outside its zoom range.
+EMPTY = CachedTile(b"")
 
 
 def _state():
@@ -83,36 +113,85 @@ def _coordinates(tms: TileMatrixSet, z: str, y: str, x: str) -> tuple[int, int, 
     return zi, yi, xi
 
 
-def _layer_tile(
-    coll: Collection, revision: int | None, tms: TileMatrixSet, z: int, y: int, x: int, args
-) -> bytes:
-    """One collection's MVT layer, from the cache when its revision has not moved."""
+def _tile_request(coll: Collection, tms: TileMatrixSet, z: int, y: int, x: int) -> TileRequest:
     options = coll.tiles
-    if not options["minzoom"] <= z <= options["maxzoom"]:
-        return b""
-    query = tile_query(args, coll.provider.schema)
-    key = (coll.id, revision, tms.id, z, y, x, tuple(sorted(args.items(multi=True))))
-    if revision is not None:
-        found = _cache().get(key)
-        if found is not None:
-            return found
-    tile = coll.provider.tile(
-        TileRequest(
-            layer=coll.id,
-            crs=tms.crs,
-            bounds=tms.tile_bounds(z, x, y),
-            zoom=z,
-            extent=options["extent"],
-            buffer=options["buffer"],
-            max_features=options["max_features"],
-            simplify=options["simplify"],
-            client_gone=_client_gone(),
-        ),
-        query,
+    return TileRequest(
+        layer=coll.id,
+        crs=tms.crs,
+        bounds=tms.tile_bounds(z, x, y),
+        zoom=z,
+        extent=options["extent"],
+        buffer=options["buffer"],
+        max_features=options["max_features"],
+        simplify=options["simplify"],
+        client_gone=_client_gone(),
     )
-    if revision is not None:
-        _cache().put(key, tile)
-    return tile
+
+
+def _args_key(args: MultiDict) -> tuple:
+    return tuple(sorted(args.items(multi=True))) if args else ()
+
+
+def _layer_tile(
+    coll: Collection, revision: int | None, tms: TileMatrixSet, z: int, y: int, x: int, args: MultiDict
+) -> tuple[CachedTile, tuple | None]:
+    """One collection's MVT layer, from the cache when its revision has not moved; with its
+    cache key (None when it is not cached)."""
+    if not coll.tiles["minzoom"] <= z <= coll.tiles["maxzoom"]:
+        return EMPTY, None
+    if revision is None:
+        query = tile_query(args, coll.provider.schema)
+        return CachedTile(coll.provider.tile(_tile_request(coll, tms, z, y, x), query)), None
+    cache = _cache()
+    cache.revisions[coll.id] = revision
+    key = (coll.id, revision, tms.id, z, y, x, _args_key(args))
+    found = cache.get(key)
+    if found is None:  # the parameters are checked here: a cached tile's were, when it was built
+        query = tile_query(args, coll.provider.schema)
+        found = CachedTile(coll.provider.tile(_tile_request(coll, tms, z, y, x), query))
+        cache.put(key, found)
+    return found, key
+
+
+def _unseen_tile(
+    coll: Collection, tms: TileMatrixSet, z: int, y: int, x: int, args: MultiDict
+) -> tuple[CachedTile, tuple] | None:
+    """A tile this process has not cached under the collection's last known revision,
+    built in the round trip that reads the revisions; None leaves the request to the
+    general path (:meth:`Registry.tile_state`, then the cache or the provider).
+
+    The generation and the revision are read on the tile's connection just before
+    its statement: when the generation shows the collections current, the revision
+    read is as fresh as the general path's and the tile no older than it. Access is
+    checked on what this process knows before any work and again once it is known
+    current, so nothing is built for a caller refused outright.
+    """
+    state = _state()
+    cache: TileCache = state.tile_cache
+    last = cache.revisions.get(coll.id)
+    args_key = _args_key(args)
+    if last is not None and cache.get((coll.id, last, tms.id, z, y, x, args_key)) is not None:
+        return None  # probably still current: reading the revisions alone is cheaper
+    provider = coll.provider
+    if not isinstance(provider, PostGISProvider) or not coll.tiles["minzoom"] <= z <= coll.tiles["maxzoom"]:
+        return None
+    keys = state.registry.revision_keys([coll])
+    if keys is None:
+        return None
+    try:
+        _require_read([coll])
+    except ProviderError:
+        return None  # perhaps allowed since: the general path brings the registry up to date first
+    query = tile_query(args, provider.schema)
+    data, revisions = provider.tile_with_revisions(_tile_request(coll, tms, z, y, x), query, keys)
+    if revisions is None or not state.registry.current(revisions):
+        return None
+    _require_read([coll])
+    revision = revisions[provider.revision_key]
+    cache.revisions[coll.id] = revision
+    tile, key = CachedTile(data), (coll.id, revision, tms.id, z, y, x, args_key)
+    cache.put(key, tile)
+    return tile, key
 
 
 def _require_read(colls: list[Collection]) -> None:
@@ -123,41 +202,59 @@ def _require_read(colls: list[Collection]) -> None:
 
 
 def _client_gone() -> Callable[[], bool] | None:
-    """Whether the client closed its connection (gunicorn hands us its socket), or None."""
+    """Whether the client closed its connection (gunicorn hands us its socket), or None.
+
+    Asked only about a statement still running after a while (see
+    ``providers.postgis._cancel_when``), so a fast tile never pays for it.
+    """
     sock = request.environ.get("gunicorn.socket")
     if sock is None:
         return None
 
     def gone() -> bool:
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
+            poller = select.poll()  # not select(): a threaded worker's sockets may be numbered past 1024
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0)) and sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
             return True
 
     return gone
 
 
-def _tile_response(tile: bytes) -> Response:
-    """Empty tiles are 204 (or an empty MVT); gzip only for clients that ask for it."""
+def _tile_response(tile: CachedTile, key: tuple | None = None) -> Response:
+    """Empty tiles are 204 (or an empty MVT); gzip only for clients that ask for it.
+
+    ``key`` is the tile's cache key, under which its gzip form is kept too.
+    """
     settings = current_app.config["GEOHARBOR"]["server"]["tiles"]
-    etag = '"' + hashlib.blake2b(tile, digest_size=12).hexdigest() + '"'
     # Without a max-age clients revalidate every tile: a cheap 304 unless an edit changed it.
     max_age = settings["max_age"]
-    headers = {
-        "ETag": etag,
-        "Cache-Control": f"public, max-age={max_age}" if max_age else "public, no-cache",
-        "Vary": "Accept-Encoding",
-    }
-    if request.if_none_match and request.if_none_match.contains(etag.strip('"')):
+    headers = [
+        ("ETag", tile.etag),
+        ("Cache-Control", f"public, max-age={max_age}" if max_age else "public, no-cache"),
+        ("Vary", "Accept-Encoding"),
+    ]
+    if "HTTP_IF_NONE_MATCH" in request.environ and request.if_none_match.contains(tile.etag[1:-1]):
         return Response(status=304, headers=headers)
-    if not tile and settings["empty"] == "204":
+    data = tile.data
+    if not data and settings["empty"] == "204":
         return Response(status=204, headers=headers)
-    body = tile
-    if len(tile) >= settings["gzip_min_bytes"] and "gzip" in (request.headers.get("Accept-Encoding") or ""):
-        body = gzip.compress(tile, compresslevel=5)
-        headers["Content-Encoding"] = "gzip"
-    return Response(body, mimetype=MVT, headers=headers)
+    if len(data) >= settings["gzip_min_bytes"] and "gzip" in request.environ.get("HTTP_ACCEPT_ENCODING", ""):
+        data = _gzipped(tile, key)
+        headers.append(("Content-Encoding", "gzip"))
+    return Response(data, headers=headers, content_type=MVT)
+
+
+def _gzipped(tile: CachedTile, key: tuple | None) -> bytes:
+    """The tile compressed, once per cached tile rather than once per request."""
+    cache = _cache()
+    found = cache.get((*key, "gzip")) if key is not None else None
+    if found is None:
+        found = CachedTile(gzip.compress(tile.data, compresslevel=5), tile.etag)
+        if key is not None:
+            cache.put((*key, "gzip"), found)
+    return found.data
 
 
 # -- tile matrix sets -----------------------------------------------------------------
@@ -339,11 +436,15 @@ def collection_tilejson(cid: str, tms_id: str) -> Response:
 def collection_tile(cid: str, tms_id: str, z: str, y: str, x: str) -> Response:
     tms = get_tms(tms_id)
     zi, yi, xi = _coordinates(tms, z, y, x)
-    [(coll, revision)] = _state().registry.tile_state([cid])
-    _require_read([coll])
     args = request.args.copy()
     args.pop("f", None)
-    return _tile_response(_layer_tile(coll, revision, tms, zi, yi, xi, args))
+    coll = _state().registry.collections.get(cid)
+    found = _unseen_tile(coll, tms, zi, yi, xi, args) if coll is not None else None
+    if found is None:
+        [(coll, revision)] = _state().registry.tile_state([cid])
+        _require_read([coll])
+        found = _layer_tile(coll, revision, tms, zi, yi, xi, args)
+    return _tile_response(*found)
 
 
 # -- composite tiles: several collections, one layer each ---------------------------------------
@@ -378,7 +479,8 @@ def composite_tile(tms_id: str, z: str, y: str, x: str) -> Response:
     colls = _state().registry.tile_state(ids)
     _require_read([c for c, _ in colls])
     # A tile is a sequence of layers: concatenated single-layer tiles are one valid tile.
-    tile = b"".join(_layer_tile(c, rev, tms, zi, yi, xi, MultiDict()) for c, rev in colls)
+    layers = [_layer_tile(c, rev, tms, zi, yi, xi, MultiDict())[0] for c, rev in colls]
+    tile = layers[0] if len(layers) == 1 else CachedTile(b"".join(layer.data for layer in layers))
     return _tile_response(tile)
 
 

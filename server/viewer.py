@@ -23,6 +23,7 @@ from flask import Blueprint, Response, current_app, render_template, request
 
 from providers.errors import InvalidQuery, NotFound
 from server import __version__
+from server.auth import readable_collection
 from server.links import url
 from server.registry import Collection
 from server.tiles import MAX_COMPOSITE
@@ -268,10 +269,13 @@ def _one(cid: str) -> Collection:
 
 
 def _many() -> list[Collection]:
-    """The collections of ``?collections=a,b`` in that order, or every mappable one."""
+    """The collections of ``?collections=a,b`` in that order, or every mappable one the caller may read.
+
+    Named collections were checked by the access hook (each readable, else 404).
+    """
     raw = request.args.get("collections")
     if raw is None:
-        return [c for c in _registry().collections.values() if _mappable(c)]
+        return [c for c in _registry().collections.values() if _mappable(c) and readable_collection(c)]
     ids = list(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
     if not ids:
         raise InvalidQuery("'collections' must list at least one collection id")

@@ -113,11 +113,21 @@ class _Registry:
         return self.collections[cid]
 
 
+class _OpenAuth:
+    """Access as in community mode: every collection readable (the page is what is tested here)."""
+
+    def collection_rights(self, identity, coll) -> frozenset[str]:
+        return frozenset({"read"})
+
+    def allowed(self, identity, action, rights) -> bool:
+        return True
+
+
 def offline_app(*collections) -> Flask:
     """The viewer blueprint alone over stand-in collections: no database, no tiles."""
     app = Flask(__name__)
     app.config["GEOHARBOR"] = {"server": {"url": None}}
-    app.extensions["geoharbor"] = SimpleNamespace(registry=_Registry(*collections))
+    app.extensions["geoharbor"] = SimpleNamespace(registry=_Registry(*collections), auth=_OpenAuth())
     errors.install(app)
     app.register_blueprint(viewer.blueprint)
     return app
