@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from server import (
     audit,
+    datasets,
     errors,
     features,
     health,
@@ -102,6 +103,9 @@ def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
     mapfish_prefix = config["mapfish"]["prefix"]
     app.register_blueprint(mapfish.blueprint, url_prefix=mapfish_prefix)
     errors.use_format(app, mapfish_prefix, mapfish.mapfish_error)
+    app.register_blueprint(datasets.blueprint)
+    errors.use_format(app, "/datasets", datasets.detail_error)
+    errors.use_format(app, "/api/portal", datasets.detail_error)
     _install_cors(app, config["server"]["cors_origins"])
     LOGGER.info("geoharbor serving %d collections", len(registry.collections))
     return app

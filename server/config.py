@@ -182,6 +182,16 @@ _SCHEMA: dict[str, Any] = {
                 "limit_max": {"type": "integer", "minimum": 1},
             },
         },
+        "datasets": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "uploaded files (the datasets API)",
+            "properties": {
+                "path": {"type": "string", "minLength": 1, "description": "directory of the uploaded files"},
+                "max_upload_mb": {"type": "number", "exclusiveMinimum": 0},
+                "max_unpacked_mb": {"type": "number", "exclusiveMinimum": 0},
+            },
+        },
         "collections": {
             "type": "object",
             "propertyNames": {"pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"},
@@ -209,6 +219,7 @@ DEFAULTS: dict[str, Any] = {
 TILE_DEFAULTS: dict[str, Any] = {"cache_mb": 64, "max_age": 0, "empty": "204", "gzip_min_bytes": 512}
 REST_DEFAULTS: dict[str, Any] = {"prefix": "/rest/1", "perpage_max": 1000}
 MAPFISH_DEFAULTS: dict[str, Any] = {"prefix": "/mapfish", "limit_max": 10_000}
+DATASETS_DEFAULTS: dict[str, Any] = {"max_upload_mb": 2048, "max_unpacked_mb": 8192}
 COLLECTION_TILE_DEFAULTS: dict[str, Any] = {
     "minzoom": 0,
     "maxzoom": 22,
@@ -289,7 +300,18 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     if server["limit_default"] > server["limit_max"]:
         raise ConfigError("server.limit_default: must not exceed server.limit_max")
     _check_store(config)
+    config["datasets"] = _datasets(raw.get("datasets", {}), config["store"])
     return config
+
+
+def _datasets(raw: dict[str, Any], store: dict[str, Any]) -> dict[str, Any]:
+    """Uploaded files live next to the store: beside its SQLite file, else in ``data/datasets``
+    (relative paths are made relative to the config file by :func:`load`)."""
+    datasets = {**DATASETS_DEFAULTS, **raw}
+    if "path" not in datasets:
+        beside_store = "path" in store
+        datasets["path"] = str(Path(store["path"]).parent / "datasets") if beside_store else "data/datasets"
+    return datasets
 
 
 def _check_store(config: dict[str, Any]) -> None:
@@ -343,4 +365,7 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     store = config["store"]
     if "path" in store and not os.path.isabs(store["path"]):
         store["path"] = str((file.parent / store["path"]).resolve())
+    datasets = config["datasets"]
+    if not os.path.isabs(datasets["path"]):
+        datasets["path"] = str((file.parent / datasets["path"]).resolve())
     return config

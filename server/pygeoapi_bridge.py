@@ -533,6 +533,7 @@ class PygeoapiCore:
 def _add_family_paths(doc: dict[str, Any], config: dict[str, Any]) -> None:
     """Add the REST CRUD and MapFish routes, each described by its own module."""
     from server import (
+        datasets,
         mapfish,
         rest_audit,
         rest_buffer,
@@ -544,7 +545,7 @@ def _add_family_paths(doc: dict[str, Any], config: dict[str, Any]) -> None:
         rest_users,
     )
 
-    families = [(config["mapfish"]["prefix"], mapfish, "MapFish protocol")]
+    families = [(config["mapfish"]["prefix"], mapfish, "MapFish protocol"), ("", datasets, "Datasets")]
     families += [
         (config["rest"]["prefix"], module, "REST CRUD")
         for module in (

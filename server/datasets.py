@@ -1,0 +1,491 @@
+"""The datasets API (GISPulse style): upload spatial files, browse their features, export them.
+
+A dataset is a directory ``<datasets.path>/<uuid>/`` holding what a client uploaded
+(zips unpacked safely) and a store record of kind ``dataset`` keyed by the uuid with
+what GDAL found in it: format, CRS, layers. The record is written only once the files
+are known to be readable, and the directory is removed on any failure, so a refused
+upload leaves nothing behind. File work is :mod:`providers.files` and
+:mod:`providers.convert`; this module is HTTP and access only.
+
+Errors answer FastAPI's ``{"detail": "..."}`` under ``/datasets`` and ``/api/portal``.
+Access: reading a dataset needs read rights on its record, deleting write rights,
+uploading a key that may write (in community mode the access hook already keeps
+writes to this machine).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, current_app, request, send_file
+
+from providers.convert import FORMATS, convert
+from providers.errors import InvalidData, InvalidQuery, NotFound
+from providers.export import safe_name
+from providers.files import Layer, TooLarge, detect, read_page, save_parts
+from providers.files import count as count_features
+from providers.store import Record, Store
+from server import bodies
+from server.auth import current_auth, current_identity
+
+blueprint = Blueprint("datasets", __name__)
+
+KIND = "dataset"
+LIMIT_DEFAULT = 100
+LIMIT_MAX = 10_000
+
+
+def detail_error(status: int, message: str) -> Response:
+    """An error as FastAPI renders it: ``{"detail": message}``."""
+    return Response(orjson.dumps({"detail": message}), status=status, mimetype="application/json")
+
+
+def _store() -> Store:
+    return current_app.extensions["geoharbor"].registry.store
+
+
+def _settings() -> dict[str, Any]:
+    return current_app.config["GEOHARBOR"]["datasets"]
+
+
+def _root() -> Path:
+    return Path(_settings()["path"])
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data, default=str), status=status, mimetype="application/json")
+
+
+def _int_arg(name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidQuery(f"{name} must be an integer, not {raw[:50]!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise InvalidQuery(f"{name} must be {bound}")
+    return value
+
+
+# -- records and access ------------------------------------------------------------------------
+def _rights(record: Record) -> frozenset[str]:
+    return current_auth().resource_rights(current_identity(), record.id, record.body.get("owner"))
+
+
+def _dataset(dataset_id: str, action: str = "read") -> Record:
+    """The record of a dataset the caller may ``action`` (404 when unknown or unreadable)."""
+    try:
+        key = str(uuid.UUID(dataset_id))
+    except ValueError:
+        raise NotFound(f"dataset {dataset_id[:100]!r} not found") from None
+    record = _store().find(KIND, key)
+    if record is None:
+        raise NotFound(f"dataset {key} not found")
+    current_auth().require(current_identity(), action, _rights(record), f"dataset {key}")  # type: ignore[arg-type]
+    return record
+
+
+def _view(record: Record) -> dict[str, Any]:
+    """A dataset as clients read it (GISPulse fields plus size and times)."""
+    body = record.body
+    return {
+        "id": record.key,
+        "name": body["name"],
+        "format": body["format"],
+        "crs": body["crs"],
+        "layers": [
+            {"name": la["name"], "geometry_type": la["geometry_type"], "feature_count": la["feature_count"]}
+            for la in body["layers"]
+        ],
+        "size": body["size"],
+        "data_category": "vector",
+        "created_at": _iso(record.created),
+        "owner": body.get("owner"),
+    }
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _layer(record: Record, name: str | None) -> tuple[Path, Layer, str]:
+    """The file, layer and source driver of a dataset's layer (its first layer when unnamed)."""
+    layers = record.body["layers"]
+    found = layers[0] if name is None else next((la for la in layers if la["name"] == name), None)
+    if found is None:
+        raise NotFound(f"dataset {record.key} has no layer {name[:100]!r}")  # type: ignore[index]
+    layer = Layer(**{k: found[k] for k in Layer.__slots__})  # type: ignore[attr-defined]
+    return _root() / str(record.key) / layer.file, layer, found["driver"]
+
+
+# -- routes -------------------------------------------------------------------------------------
+@blueprint.route("/datasets/upload", methods=["POST"])
+def upload() -> Response:
+    """Store the uploaded files (several parts: one dataset, e.g. a Shapefile's parts)."""
+    current_auth().require_create(current_identity(), "a dataset")
+    settings = _settings()
+    max_upload = int(settings["max_upload_mb"] * (1 << 20))
+    if request.content_length is not None and request.content_length > max_upload:
+        raise TooLarge(f"the upload is larger than {settings['max_upload_mb']} MB")
+    request.max_content_length = max_upload
+    parts = [f for f in request.files.getlist("file") if f.filename] or [
+        f for f in request.files.values() if f.filename
+    ]
+    if not parts:
+        raise InvalidData("no file: send the file as the multipart part 'file'")
+    key = str(uuid.uuid4())
+    directory = _root() / key
+    try:
+        size = save_parts(
+            ((f.filename or "upload", f.stream) for f in parts),
+            directory,
+            int(settings["max_unpacked_mb"] * (1 << 20)),
+        )
+        found = detect(directory)
+        layers = [
+            {**{k: getattr(la, k) for k in Layer.__slots__}, "driver": spatial.driver}  # type: ignore[attr-defined]
+            for spatial in found
+            for la in spatial.layers
+        ]
+        body = {
+            "name": safe_name(parts[0].filename or "upload", "upload")
+            if len(parts) == 1
+            else _group_name(parts),
+            "format": found[0].driver,
+            "crs": next((la["crs"] for la in layers if la["crs"]), None),
+            "layers": layers,
+            "size": size,
+            "owner": current_identity().user_id,
+        }
+        record = _store().insert(KIND, body, key=key)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return _json(_view(record), 201)
+
+
+def _group_name(parts: list[Any]) -> str:
+    """The name of several uploaded files: their common stem (a Shapefile's), else the first's."""
+    stems = {Path(f.filename or "").stem for f in parts}
+    return safe_name(stems.pop() if len(stems) == 1 else parts[0].filename or "upload", "upload")
+
+
+@blueprint.route("/datasets", methods=["GET"])
+def list_datasets() -> Response:
+    """The datasets the caller may read, oldest first, ``limit``/``offset`` paged."""
+    limit = _int_arg("limit", LIMIT_DEFAULT, 1, LIMIT_MAX)
+    offset = _int_arg("offset", 0, 0)
+    auth, identity = current_auth(), current_identity()
+    readable = [r for r in _store().list(KIND) if auth.allowed(identity, "read", _rights(r))]
+    return _json([_view(r) for r in readable[offset : offset + limit]])
+
+
+@blueprint.route("/datasets/<dataset_id>", methods=["GET"])
+@blueprint.route("/api/portal/datasets/<dataset_id>", methods=["GET"])
+def get_dataset(dataset_id: str) -> Response:
+    return _json(_view(_dataset(dataset_id)))
+
+
+@blueprint.route("/datasets/<dataset_id>", methods=["DELETE"])
+@blueprint.route("/api/portal/datasets/<dataset_id>", methods=["DELETE"])
+def delete_dataset(dataset_id: str) -> Response:
+    """Forget the record first: a dataset without files is never listed, files without one are junk."""
+    record = _dataset(dataset_id, "write")
+    _store().delete(KIND, record.id)
+    shutil.rmtree(_root() / str(record.key), ignore_errors=True)
+    return Response(status=204)
+
+
+@blueprint.route("/api/portal/datasets/<dataset_id>/layers/<path:layer>/features", methods=["GET"])
+def layer_features(dataset_id: str, layer: str) -> Response:
+    """A page of a layer's features as GeoJSON (lon/lat), with ``total``, ``limit`` and ``offset``."""
+    record = _dataset(dataset_id)
+    path, found, _driver = _layer(record, layer)
+    limit = _int_arg("limit", LIMIT_DEFAULT, 0, LIMIT_MAX)
+    offset = _int_arg("offset", 0, 0)
+    bbox = _bbox(request.args.get("bbox"))
+    total = count_features(path, found, bbox)
+    features = read_page(path, found, offset, limit, bbox) if limit and offset < total else []
+    body = {
+        "type": "FeatureCollection",
+        "features": features,
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+    }
+    response = _json(body)
+    response.mimetype = "application/geo+json"
+    return response
+
+
+def _bbox(raw: str | None) -> tuple[float, float, float, float] | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        values = [float(v) for v in raw.split(",")]
+    except ValueError:
+        raise InvalidQuery(f"bbox must be minx,miny,maxx,maxy numbers, not {raw[:100]!r}") from None
+    if len(values) != 4 or any(v != v for v in values):
+        raise InvalidQuery("bbox must be four numbers: minx,miny,maxx,maxy")
+    if values[0] > values[2] or values[1] > values[3]:
+        raise InvalidQuery("bbox must be minx,miny,maxx,maxy with min <= max")
+    return values[0], values[1], values[2], values[3]
+
+
+@blueprint.route("/datasets/export", methods=["POST"])
+@blueprint.route("/api/portal/datasets/export", methods=["POST"])
+def export_posted() -> Response:
+    """``{"dataset_id", "format", "layer"?}`` -> the file."""
+    body = bodies.json_body()
+    if not isinstance(body, dict):
+        raise InvalidData("the body must be a JSON object")
+    dataset_id, fmt, layer = body.get("dataset_id"), body.get("format"), body.get("layer")
+    if not isinstance(dataset_id, str) or not dataset_id:
+        raise InvalidData("dataset_id is required (a dataset's id)")
+    if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
+        raise InvalidData(f"format must be one of {', '.join(FORMATS)}")
+    if layer is not None and not isinstance(layer, str):
+        raise InvalidData("layer must be a layer name")
+    return _export(dataset_id, fmt.lower(), layer)
+
+
+@blueprint.route("/datasets/<dataset_id>/export", methods=["GET"])
+def export_get(dataset_id: str) -> Response:
+    fmt = (request.args.get("format") or "").lower()
+    if fmt not in FORMATS:
+        raise InvalidQuery(f"format must be one of {', '.join(FORMATS)}")
+    return _export(dataset_id, fmt, request.args.get("layer") or None)
+
+
+def _export(dataset_id: str, fmt: str, layer_name: str | None) -> Response:
+    """Convert into a private temporary directory, open the result, remove the directory, stream."""
+    record = _dataset(dataset_id)
+    path, layer, driver = _layer(record, layer_name)
+    name = safe_name(layer.name, "dataset")
+    directory = tempfile.mkdtemp(prefix="geoharbor-dataset-export-")
+    try:
+        result = convert(path, layer, driver, fmt, Path(directory), name)
+        handle = open(result, "rb")  # noqa: SIM115 - closed by the response when sent
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)  # the open file stays readable until closed
+    size = os.fstat(handle.fileno()).st_size
+    response = send_file(
+        handle,
+        mimetype=FORMATS[fmt].media_type,
+        as_attachment=True,
+        download_name=f"{name}{result.suffix}",
+        conditional=False,
+        etag=False,
+        max_age=0,
+    )
+    response.headers["Content-Length"] = str(size)
+    return response
+
+
+# -- OpenAPI ------------------------------------------------------------------------------------
+DATASET_SCHEMA = {
+    "type": "object",
+    "required": ["id", "name", "format", "crs", "layers", "size", "created_at", "data_category"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "name": {"type": "string"},
+        "format": {"type": "string", "description": "GDAL driver short name, e.g. GPKG"},
+        "crs": {"type": "string", "nullable": True, "description": "EPSG:<code>, or null when unknown"},
+        "layers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "geometry_type": {"type": "string", "nullable": True},
+                    "feature_count": {"type": "integer"},
+                },
+            },
+        },
+        "size": {"type": "integer", "description": "bytes on disk, unpacked"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "data_category": {"type": "string", "enum": ["vector"]},
+        "owner": {"type": "integer", "nullable": True},
+    },
+}
+_DETAIL = {"application/json": {"schema": {"$ref": "#/components/schemas/DatasetError"}}}
+_TEXTS = {
+    400: "Malformed parameter",
+    401: "An API key is needed",
+    403: "The API key may not do this",
+    404: "No such dataset or layer",
+    413: "The upload is over the size limit",
+    422: "Invalid body, or files that are not spatial data this server reads",
+}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): {"description": _TEXTS[s], "content": _DETAIL} for s in statuses}
+
+
+def _param(name: str, where: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "description": description,
+        "schema": schema,
+    }
+
+
+def openapi(prefix: str) -> dict[str, Any]:
+    """OpenAPI paths of the datasets routes (``prefix`` is empty: they live at the root)."""
+    dataset_id = _param("id", "path", "Dataset id", {"type": "string", "format": "uuid"})
+    one = {"application/json": {"schema": {"$ref": "#/components/schemas/Dataset"}}}
+    files = {
+        media: {"schema": {"type": "string", "format": "binary"}}
+        for media in sorted({f.media_type for f in FORMATS.values()})
+    }
+    export_ok = {
+        "200": {
+            "description": "The file as an attachment (shp comes zipped)",
+            "headers": {"Content-Disposition": {"schema": {"type": "string"}}},
+            "content": files,
+        },
+        **_errors(400, 404, 422),
+    }
+    export_body = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DatasetExport"}}},
+    }
+    paths: dict[str, Any] = {
+        f"{prefix}/datasets/upload": {
+            "post": {
+                "summary": "Upload a spatial file (zip, Shapefile parts, GeoPackage, GeoJSON, ...)",
+                "operationId": "datasetsUpload",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {"description": "The dataset", "content": one},
+                    **_errors(401, 403, 413, 422),
+                },
+            }
+        },
+        f"{prefix}/datasets": {
+            "get": {
+                "summary": "The datasets the caller may read",
+                "operationId": "datasetsList",
+                "parameters": [
+                    _param("limit", "query", "At most this many", {"type": "integer", "default": 100}),
+                    _param("offset", "query", "Skip this many", {"type": "integer", "default": 0}),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Datasets",
+                        "content": {
+                            "application/json": {
+                                "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Dataset"}}
+                            }
+                        },
+                    },
+                    **_errors(400),
+                },
+            }
+        },
+        f"{prefix}/datasets/export": {
+            "post": {
+                "summary": "A dataset's layer converted to a file",
+                "operationId": "datasetsExport",
+                "requestBody": export_body,
+                "responses": export_ok,
+            }
+        },
+        f"{prefix}/api/portal/datasets/export": {
+            "post": {
+                "summary": "A dataset's layer converted to a file",
+                "operationId": "portalDatasetsExport",
+                "requestBody": export_body,
+                "responses": export_ok,
+            }
+        },
+        f"{prefix}/datasets/{{id}}/export": {
+            "parameters": [dataset_id],
+            "get": {
+                "summary": "A dataset's layer converted to a file",
+                "operationId": "datasetsExportGet",
+                "parameters": [
+                    _param("format", "query", "Target format", {"type": "string", "enum": list(FORMATS)}),
+                    _param("layer", "query", "Layer name (default: the first)", {"type": "string"}),
+                ],
+                "responses": export_ok,
+            },
+        },
+        f"{prefix}/api/portal/datasets/{{id}}/layers/{{layer}}/features": {
+            "parameters": [dataset_id, _param("layer", "path", "Layer name", {"type": "string"})],
+            "get": {
+                "summary": "A page of a layer's features as GeoJSON (lon/lat)",
+                "operationId": "datasetsLayerFeatures",
+                "parameters": [
+                    _param("limit", "query", "At most this many", {"type": "integer", "default": 100}),
+                    _param("offset", "query", "Skip this many", {"type": "integer", "default": 0}),
+                    _param("bbox", "query", "minx,miny,maxx,maxy in lon/lat", {"type": "string"}),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "FeatureCollection with total, limit and offset",
+                        "content": {"application/geo+json": {"schema": {"type": "object"}}},
+                    },
+                    **_errors(400, 404),
+                },
+            },
+        },
+    }
+    for path in (f"{prefix}/datasets/{{id}}", f"{prefix}/api/portal/datasets/{{id}}"):
+        tag = "portal" if "portal" in path else "datasets"
+        paths[path] = {
+            "parameters": [dataset_id],
+            "get": {
+                "summary": "A dataset",
+                "operationId": f"{tag}Get",
+                "responses": {"200": {"description": "The dataset", "content": one}, **_errors(404)},
+            },
+            "delete": {
+                "summary": "Delete a dataset and its files",
+                "operationId": f"{tag}Delete",
+                "responses": {"204": {"description": "Deleted"}, **_errors(401, 403, 404)},
+            },
+        }
+    schemas = {
+        "Dataset": DATASET_SCHEMA,
+        "DatasetExport": {
+            "type": "object",
+            "required": ["dataset_id", "format"],
+            "properties": {
+                "dataset_id": {"type": "string", "format": "uuid"},
+                "format": {"type": "string", "enum": list(FORMATS)},
+                "layer": {"type": "string"},
+            },
+        },
+        "DatasetError": {
+            "type": "object",
+            "required": ["detail"],
+            "properties": {"detail": {"type": "string"}},
+        },
+    }
+    return {"paths": paths, "components": {"schemas": schemas}}
