@@ -8,12 +8,14 @@
 
 All on the same table ``parcels``, with the same number of worker processes each:
 
-* geoharbor: ``geoharbor serve -c <generated config> --workers W``, tiles at
+* geoharbor: ``geoharbor serve -c <generated config> --workers W`` with ``server.threads``
+  from ``--threads`` (default 4: gunicorn gthread workers, keep-alive), tiles at
   ``/collections/parcels/tiles/WebMercatorQuad/{z}/{y}/{x}``. Two instances of the same
   config: the normal one (per-process tile cache) for the *warm* cells, and one with
   ``server.tiles.cache_mb: 0`` for the *cold* cells, so that every cold request takes
-  the path of a first request (revision read, cache miss, ST_AsMVT) whatever tile and
-  worker it lands on (a check compares it with never-requested tiles on the normal one);
+  the path of a first request (revision read and ST_AsMVT in one round trip)
+  whatever tile and worker it lands on (a check compares it with never-requested
+  tiles on the normal one);
 * tipg 1.6 under ``uvicorn --workers W`` from its own venv (``bench/.venv-tipg``, made on
   first use), tiles at ``/collections/public.parcels/tiles/WebMercatorQuad/{z}/{x}/{y}``;
 * pygeoapi 0.24 with its built-in ``MVT-postgresql`` provider under ``gunicorn -w W``,
@@ -125,8 +127,15 @@ def tile_path(target: str, tile: tuple[int, int, int]) -> str:
 # ---------------------------------------------------------------------------------------
 # the servers
 # ---------------------------------------------------------------------------------------
-def write_geoharbor_config(path: Path, port: int, workers: int, dsn: str, cache: bool) -> None:
-    server: dict[str, Any] = {"bind": f"{HOST}:{port}", "workers": workers, "log_level": "WARNING"}
+def write_geoharbor_config(
+    path: Path, port: int, workers: int, dsn: str, cache: bool, threads: int = 1
+) -> None:
+    server: dict[str, Any] = {
+        "bind": f"{HOST}:{port}",
+        "workers": workers,
+        "threads": threads,
+        "log_level": "WARNING",
+    }
     if not cache:
         server["tiles"] = {"cache_mb": 0}
     config = {
@@ -199,14 +208,28 @@ class _Captured(Exception):
     """Raised by the spy instead of running the tile statement (capture only)."""
 
 
+@dataclass
+class TileStatement:
+    """geoharbor's tile statement for one tile, as its provider sent it to psycopg."""
+
+    sql: str
+    params: Any
+    #: psycopg's ``prepare`` argument: geoharbor sends a big tile's statement unprepared.
+    prepare: bool | None = None
+    #: psycopg's ``binary`` argument: geoharbor fetches the tile as binary, not hex text.
+    binary: bool | None = None
+
+
 class TileFloor:
-    """The statements geoharbor's ``PostGISProvider.tile()`` sends for a tile.
+    """The ST_AsMVT statement geoharbor's ``PostGISProvider.tile()`` sends for a tile.
 
     The provider, the collection's tile options and the tile query come from the same
     generated config, through geoharbor's own code (``server.params.tile_query``,
     ``providers.tiles.get_tms("WebMercatorQuad").tile_bounds``). psycopg's
-    ``Cursor.execute`` is wrapped: statements are recorded, and the ST_AsMVT one is not run
-    (the spy raises), so capturing a few thousand tiles costs no database time.
+    ``Cursor.execute`` is wrapped: the tile statement is recorded with the ``prepare`` and
+    ``binary`` arguments it is sent with and not run (the spy raises), so capturing a few
+    thousand tiles costs no database time. Other statements (the provider's occasional
+    row-count read) run as usual and are not part of the floor.
     """
 
     def __init__(self, config_path: Path, dsn: str):
@@ -224,7 +247,7 @@ class TileFloor:
         self.tms = get_tms("WebMercatorQuad")
         self.query = tile_query(MultiDict(), self.provider.schema)
         self.options = dict(self.coll.tiles)
-        self.plans: dict[tuple[int, int, int], list[bench.Statement]] = {}
+        self.plans: dict[tuple[int, int, int], list[TileStatement]] = {}
 
     def request(self, tile: tuple[int, int, int]):
         from providers.base import TileRequest
@@ -246,18 +269,20 @@ class TileFloor:
         """One real call (opens the pool, reads the schema) before any capture."""
         return self.provider.tile(self.request(tile), self.query)
 
-    def plan(self, tile: tuple[int, int, int]) -> list[bench.Statement]:
+    def plan(self, tile: tuple[int, int, int]) -> list[TileStatement]:
         if tile in self.plans:
             return self.plans[tile]
-        captured: list[bench.Statement] = []
+        captured: list[TileStatement] = []
         original = psycopg.Cursor.execute
 
         def spy(cur, query, params=None, *args, **kwargs):
-            text = query if isinstance(query, str) else query.as_string(cur.connection)
-            if text.strip() and not text.lstrip().upper().startswith(("SET ", "SELECT 1")):
-                captured.append(bench.Statement(text, params))
-                if "ST_AsMVT(" in text:
-                    raise _Captured
+            if isinstance(query, bytes):
+                text = query.decode()
+            else:
+                text = query if isinstance(query, str) else query.as_string(cur.connection)
+            if "ST_AsMVT(" in text:  # the tile statement alone: not the row estimate nor a revision read
+                captured.append(TileStatement(text, params, kwargs.get("prepare"), kwargs.get("binary")))
+                raise _Captured
             return original(cur, query, params, *args, **kwargs)
 
         psycopg.Cursor.execute = spy
@@ -297,11 +322,11 @@ def cancel_queries(dsn: str, target: str) -> int:
         return 0
 
 
-def run_plan(conn: psycopg.Connection, plan: list[bench.Statement]) -> bytes:
+def run_plan(conn: psycopg.Connection, plan: list[TileStatement]) -> bytes:
     try:
         row = None
         for stmt in plan:
-            row = conn.execute(stmt.sql, stmt.params).fetchone()
+            row = conn.execute(stmt.sql, stmt.params, prepare=stmt.prepare, binary=stmt.binary).fetchone()
         return bytes(row[0]) if row and row[0] else b""
     finally:
         if not conn.autocommit:
@@ -324,7 +349,7 @@ def raw_target(floor: TileFloor):
     def make() -> psycopg.Connection:
         return floor_connection(floor)
 
-    def request(conn: psycopg.Connection, plan: list[bench.Statement]) -> tuple[int, int, str | None]:
+    def request(conn: psycopg.Connection, plan: list[TileStatement]) -> tuple[int, int, str | None]:
         return len(run_plan(conn, plan)), 0, None
 
     return make, request
@@ -477,6 +502,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--pg-user", default=None, help="user for pygeoapi and tipg (default: the current user)")
     p.add_argument("--workers", type=int, default=2, help="worker processes per server (default 2)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=4,
+        help="geoharbor's server.threads: above 1, gunicorn gthread workers with keep-alive; 1, sync "
+        "workers (default 4)",
+    )
     p.add_argument("--duration", type=float, default=7.0, help="measured seconds per cell (default 7)")
     p.add_argument(
         "--warmup", type=float, default=1.0, help="unmeasured seconds before each cell (default 1)"
@@ -568,12 +600,14 @@ def main(argv: list[str] | None = None) -> int:
         # -- start everything --------------------------------------------------------------
         gh_cfg = work / "geoharbor.yml"
         if "geoharbor" in targets or "raw" in targets:
-            write_geoharbor_config(gh_cfg, bench.free_port(), args.workers, dsn, cache=True)
+            write_geoharbor_config(
+                gh_cfg, bench.free_port(), args.workers, dsn, cache=True, threads=args.threads
+            )
         if "geoharbor" in targets:
             for name, cache in (("geoharbor", True), ("geoharbor-cold", False)):
                 port = bench.free_port()
                 cfg = work / f"{name}.yml"
-                write_geoharbor_config(cfg, port, args.workers, dsn, cache=cache)
+                write_geoharbor_config(cfg, port, args.workers, dsn, cache=cache, threads=args.threads)
                 servers[name] = bench.start_server(
                     name,
                     [
@@ -729,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
                 lat = [s.seconds for s in samples if s.target == t and s.tile[0] == z and not s.error]
                 if lat:
                     probes[(t, z)] = statistics.median(lat)
-        # the floor statement gives geoharbor's bytes (same SQL; LIMIT without ORDER BY, so same plan = same bytes)
+        # the floor statement gives geoharbor's bytes (the same statement, ordered by id before its cap)
         if floor is not None:
             for z in zooms:
                 gh = {s.tile: s for s in samples if s.target == "geoharbor" and s.tile[0] == z}
@@ -839,7 +873,8 @@ def main(argv: list[str] | None = None) -> int:
             max_requests, warmup = args.requests, args.warmup
             slow = probes.get((t, z), 0.0)
             cached = t == "geoharbor" and mode == "warm"
-            parallel = min(conc, args.workers) if t != "raw" else conc
+            slots = args.workers * (args.threads if t == "geoharbor" else 1)
+            parallel = min(conc, slots) if t != "raw" else conc
             if probe_fail.get((t, z)) and not cached:
                 cell.skipped = f"probe failed: {probe_fail[(t, z)]}"
                 log(f"{key:8s} c={conc} {t:9s} skipped: {cell.skipped}")
@@ -934,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
         for z in zooms:
             plan = floor.plans.get(lists[z][0])
             if plan:
-                floor_sql[f"z{z} {lists[z][0]}"] = [{"sql": s.sql, "params": s.params} for s in plan]
+                floor_sql[f"z{z} {lists[z][0]}"] = [vars(s) for s in plan]
     out.with_suffix(".json").write_text(
         json.dumps(
             {
@@ -965,6 +1000,12 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------
 # the report
 # ---------------------------------------------------------------------------------------
+def _model(threads: int) -> str:
+    if threads > 1:
+        return f"`server.threads: {threads}`, i.e. gthread workers with keep-alive, {threads} requests at a time per process"
+    return "sync workers, one request at a time per process, connection closed after each response"
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if not a or not b or a != a or b != b:
         return None
@@ -1008,7 +1049,8 @@ def report(
     opts = meta["tile_options"]
     L.append(
         f"Data: `{ds.dbname}`.parcels, {ds.rows:,} polygons ({ds.size} with indexes), EPSG:4326, GiST index. "
-        f"{args.workers} worker processes per server; {args.duration:g} s per cell after {args.warmup:g} s warm-up"
+        f"{args.workers} worker processes per server (geoharbor: {_model(args.threads)}); "
+        f"{args.duration:g} s per cell after {args.warmup:g} s warm-up"
         + (f", {args.requests} requests per cell" if args.requests else "")
         + f"; seed {args.seed}; run took {meta['minutes']} min."
     )
@@ -1209,14 +1251,16 @@ def report(
     L.append("")
     base_notes = [
         f"Tile settings differ by design: geoharbor buffer {opts.get('buffer')} and a bbox (`&&`) search of the buffered "
-        f"tile, LIMIT {opts.get('max_features')} without ORDER BY, ST_Simplify to the tile's pixel; tipg buffer 256, "
+        f"tile, ORDER BY id LIMIT {opts.get('max_features')}, ST_Simplify to the tile's pixel (a prepared statement "
+        "with a generic plan, except for tiles whose share of the table's extent may exceed a quarter of the cap: "
+        "those go unprepared, planned with their envelope); tipg buffer 256, "
         "ST_Intersects with the tile proper, ORDER BY id LIMIT 10000; pygeoapi ST_AsMVTGeom's default buffer (256), "
         "ST_Intersects with the tile proper, no feature limit. So at z14 geoharbor carries extra buffer-only "
         "features, and at z6 (about 100,000+ parcels per tile) geoharbor and tipg stop at 10,000 features "
         "(different ones) while pygeoapi encodes them all.",
-        "Servers: geoharbor and pygeoapi under gunicorn sync workers (one request at a time per process, "
-        "connection closed after each response); tipg under uvicorn (async, keep-alive, asyncpg pool of up to 10 "
-        "connections per worker), so at c=8 it can run more statements at once than the sync servers.",
+        f"Servers: geoharbor under gunicorn, {_model(args.threads)}; pygeoapi under gunicorn sync workers (one request "
+        "at a time per process, connection closed after each response); tipg under uvicorn (async, keep-alive, "
+        "asyncpg pool of up to 10 connections per worker).",
         "Warm for geoharbor: before its first warm cell of a zoom every tile of the warm set is requested "
         f"{3 * args.workers + 2} times, so each worker process has cached it; every warm request still reads the "
         "collection's revision from PostgreSQL (see db CPU ms/req).",

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -127,6 +129,7 @@ class PostGISDatabase:
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
         self._revisions: bool | None = None
+        self._revision_sql: dict[tuple[str, ...], bytes] = {}
 
     def _configure(self, conn: psycopg.Connection) -> None:
         # Reads are single statements: autocommit spares a BEGIN and a COMMIT round trip
@@ -142,17 +145,18 @@ class PostGISDatabase:
         )
 
     @staticmethod
-    def _returned(conn: psycopg.Connection) -> None:
-        conn._geoharbor_idle_since = time.monotonic()  # type: ignore[attr-defined]
-
-    @staticmethod
     def _check(conn: psycopg.Connection) -> None:
-        """Check a connection that sat idle (the database may have restarted); skip a fresh one.
+        """Check a connection not used for a while (the database may have restarted).
 
-        Checking every checkout would cost a round trip per request.
+        Checking every checkout would cost a round trip per request. The time of the
+        previous checkout stands for the time the connection went idle: a pool
+        ``reset`` callback could record the return time, but it makes the pool hand
+        every returned connection to its worker thread, a thread switch per request.
         """
-        idle_since = getattr(conn, "_geoharbor_idle_since", None)
-        if idle_since is None or time.monotonic() - idle_since > IDLE_CHECK_S:
+        now = time.monotonic()
+        used_at = getattr(conn, "_geoharbor_used_at", None)
+        conn._geoharbor_used_at = now  # type: ignore[attr-defined]
+        if used_at is None or now - used_at > IDLE_CHECK_S:
             ConnectionPool.check_connection(conn)
 
     @property
@@ -165,7 +169,6 @@ class PostGISDatabase:
                         min_size=self.pool_min,
                         max_size=self.pool_max,
                         configure=self._configure,
-                        reset=self._returned,
                         check=self._check,
                         timeout=self.connect_timeout_s,
                         kwargs={"connect_timeout": int(self.connect_timeout_s)},
@@ -209,15 +212,50 @@ class PostGISDatabase:
         """
         if not self.ensure_revisions():
             return None
+        statement = self.revisions_statement(tuple(keys))
         with self.connection() as conn:
             try:
-                rows = conn.execute(
-                    "SELECT source, revision FROM geoharbor.revisions WHERE source = ANY(%s)", (keys,)
-                ).fetchall()
+                rows = conn.execute(statement).fetchall()
             except psycopg.Error as exc:
                 raise _read_error(exc) from exc
-        found = dict.fromkeys(keys, 0)
-        found.update((source, int(revision)) for source, revision in rows)
+        return revisions_found(keys, rows)
+
+    def revisions_statement(self, keys: tuple[str, ...]) -> bytes:
+        """The statement reading the revisions of ``keys``: (source, revision) rows.
+
+        A tile request sends it every time: with the keys as literals psycopg neither
+        dumps a text array nor parses placeholders, and it still prepares the statement.
+        """
+        return b"SELECT source, revision FROM geoharbor.revisions WHERE source = ANY(%s)" % self._keys(keys)
+
+    def with_revisions(
+        self, keys: tuple[str, ...], statement: bytes | sql.Composable
+    ) -> bytes | sql.Composable:
+        """``statement`` (one row, one value) and the revisions of ``keys`` as one statement.
+
+        Its row is (sources, revisions, value): both parts read one snapshot, so the
+        value is exactly as new as the revisions read with it, and a cache miss costs
+        one statement where a pipeline of two costs psycopg twice the work.
+        """
+        keys_sql = self._keys(keys).replace(b"%", b"%%")  # the statement has placeholders
+        head = b"SELECT r.sources, r.revisions, ("
+        tail = (
+            b") FROM (SELECT array_agg(source) AS sources, array_agg(revision) AS revisions"
+            b" FROM geoharbor.revisions WHERE source = ANY(" + keys_sql + b")) AS r"
+        )
+        if isinstance(statement, bytes):
+            return head + statement + tail
+        return sql.Composed([sql.SQL(head.decode()), statement, sql.SQL(tail.decode())])
+
+    def _keys(self, keys: tuple[str, ...]) -> bytes:
+        """``keys`` as a text[] literal, rendered once per set of keys (table names and the
+        registry's key, never request input)."""
+        found = self._revision_sql.get(keys)
+        if found is None:
+            if len(self._revision_sql) >= SQL_CACHE_SIZE:
+                self._revision_sql.clear()
+            literal = sql.SQL("{}::text[]").format(sql.Literal(list(keys)))
+            found = self._revision_sql[keys] = literal.as_bytes(None)
         return found
 
     def ping(self) -> bool:
@@ -515,6 +553,8 @@ class PostGISProvider(FeatureProvider):
         self._rows = 0
         self._rows_at = -ROW_ESTIMATE_TTL_S
         self._sql_cache: dict[tuple, sql.SQL] = {}
+        #: Tile statements by output shape, before and after their filter conditions.
+        self._tile_templates: dict[tuple, tuple[bytes, bytes]] = {}
 
     def ping(self) -> bool:
         return self.db.ping()
@@ -739,77 +779,152 @@ class PostGISProvider(FeatureProvider):
         statement is rendered once per output shape and only the envelope (from
         z/x/y) and filter values are bound.
         """
+        return self.tile_with_revisions(request, query, ())[0]
+
+    def tile_with_revisions(
+        self, request: TileRequest, query: Query, keys: tuple[str, ...]
+    ) -> tuple[bytes, dict[str, int] | None]:
+        """The tile, and the revisions of ``keys`` read in the same statement.
+
+        A tile missing from the cache costs one pool checkout and one statement: the
+        revision read rides along (:meth:`PostGISDatabase.with_revisions`), in the
+        tile's snapshot, so a tile is never older than the revisions it is cached
+        under. The revisions are None when ``keys`` is empty or there is no revision
+        table.
+        """
         if self._geom is None:
-            return b""
+            return b"", (self.db.revisions(list(keys)) if keys else None)
+        read = bool(keys) and self.db.ensure_revisions()
+        with self.db.connection() as conn:
+            try:
+                self._table_rows(conn)  # for _big_tile: a query every ROW_ESTIMATE_TTL_S
+                statement, params, big = self._tile_statement(request, query)
+                if read:
+                    statement = self.db.with_revisions(keys, statement)
+                prepare = False if big else None  # a big tile is planned for its envelope: unprepared
+                # Binary: the tile comes as its bytes, not as hex text twice its size to decode.
+                with _cancel_when(conn, request.client_gone):
+                    row = conn.execute(statement, params, prepare=prepare, binary=True).fetchone()
+            except psycopg.Error as exc:
+                raise _read_error(exc) from exc
+        if not read:
+            return (bytes(row[0]) if row and row[0] else b""), None
+        sources, revisions, tile = row
+        found = revisions_found(keys, zip(sources or (), revisions or (), strict=True))
+        return (bytes(tile) if tile else b""), found
+
+    def _tile_statement(
+        self, request: TileRequest, query: Query
+    ) -> tuple[sql.Composable | bytes, dict[str, Any], bool]:
+        """The tile statement, its parameters, and whether it is a big tile's (see :meth:`_big_tile`)."""
         names = self.schema.selected(query.properties)
-        dialect = PostGISDialect(self.schema.storage_crs.srid)
-        conditions = Query(
-            filter=query.filter, filter_crs=query.filter_crs, equals=query.equals, datetime=query.datetime
-        )
-        clause = Compiler(self.schema, dialect).where(conditions)
-        params = dialect.params
-        head, tail = self._tile_sql(request, tuple(names))
-        where = sql.SQL(" AND {}").format(clause) if clause is not None else sql.SQL("")
-        statement = sql.Composed([head, where, tail])
+        big = self._big_tile(request)
+        head, tail = self._tile_sql(request, tuple(names), big)
+        params: dict[str, Any]
+        statement: sql.Composable | bytes
+        if query.filter is None and not query.equals and query.datetime is None:
+            params, statement = {}, head + tail
+        else:
+            dialect = PostGISDialect(self.schema.storage_crs.srid)
+            conditions = Query(
+                filter=query.filter, filter_crs=query.filter_crs, equals=query.equals, datetime=query.datetime
+            )
+            clause = Compiler(self.schema, dialect).where(conditions)
+            params = dialect.params
+            where = sql.SQL(" AND {}").format(clause) if clause is not None else sql.SQL("")
+            statement = sql.Composed([sql.SQL(head.decode()), where, sql.SQL(tail.decode())])
         minx, miny, maxx, maxy = request.bounds
-        margin = (maxx - minx) * request.buffer / request.extent
         params.update(
             {
                 "_minx": minx,
                 "_miny": miny,
                 "_maxx": maxx,
                 "_maxy": maxy,
-                "_margin": margin,
+                "_margin": (maxx - minx) * request.buffer / request.extent,
                 "_layer": request.layer,
             }
         )
-        with self.db.connection() as conn, _cancel_when(conn, request.client_gone):
-            try:
-                row = conn.execute(statement, params).fetchone()
-            except psycopg.Error as exc:
-                raise _read_error(exc) from exc
-        return bytes(row[0]) if row and row[0] else b""
+        return statement, params, big
 
-    def _tile_sql(self, request: TileRequest, names: tuple[str, ...]) -> tuple[sql.SQL, sql.SQL]:
-        """The tile statement of one output shape, before and after its filter conditions."""
+    def _big_tile(self, request: TileRequest) -> bool:
+        """Whether the tile may hold so many rows that its plan must see its envelope.
+
+        A tile statement is prepared and PostgreSQL soon runs it with a generic plan:
+        a spatial index scan and a sort by id, right for a tile of a few thousand
+        rows and ruinous for a low-zoom tile of 100,000 rows capped at
+        ``max_features`` (every row fetched and sorted). A tile whose share of the
+        table's extent holds more than a quarter of the cap is sent unprepared, so
+        the planner sees its envelope, estimates its rows and may walk the id index
+        instead, stopping at the cap. The share assumes an even spread: a cheap
+        guess, made without a round trip.
+        """
+        bbox = self.schema.bbox
+        box = _lonlat_bounds(request.bounds, request.crs.srid)
+        if bbox is None or box is None:
+            return True
+        width = min(box[2], bbox[2]) - max(box[0], bbox[0])
+        height = min(box[3], bbox[3]) - max(box[1], bbox[1])
+        if width < 0 or height < 0:
+            return False
+        area = (bbox[2] - bbox[0]) * (bbox[3] - bbox[1])
+        share = width * height / area if area > 0 else 1.0
+        return share * self._rows > request.max_features / 4
+
+    def _tile_sql(self, request: TileRequest, names: tuple[str, ...], big: bool) -> tuple[bytes, bytes]:
+        """The tile statement of one output shape, before and after its filter conditions.
+
+        An ordinary tile's statement takes its envelope, search box and pixel size
+        from scalar subqueries, each computed once per run, and the search box is
+        built on the envelope's subquery: the planner then neither estimates rows
+        from the envelope nor folds the box's functions into constants, so a plan for
+        given values costs what the generic plan costs, and PostgreSQL keeps the
+        prepared statement's generic plan after its first runs. That spares planning
+        each tile, which at z14 costs as much as running it. A big tile's statement
+        shows the planner its envelope as constants (see :meth:`_big_tile`).
+        """
         storage = self.schema.storage_crs.srid
         tms = request.crs.srid
-        key = ("tile", tms, names, request.extent, request.buffer, request.max_features, request.simplify)
-        template = self._sql_cache.get(key)
+        key = (tms, names, request.extent, request.buffer, request.max_features, request.simplify, big)
+        template = self._tile_templates.get(key)
         if template is not None:
             return template
-        envelope = sql.SQL("ST_MakeEnvelope(%(_minx)s, %(_miny)s, %(_maxx)s, %(_maxy)s, {})").format(
-            sql.Literal(tms)
-        )
-        search = sql.SQL("ST_Expand({}, %(_margin)s)").format(envelope)
-        geom: sql.Composable = sql.SQL("t.{}").format(self._geom)
+        envelope: sql.Composable = sql.SQL(
+            "ST_MakeEnvelope(%(_minx)s, %(_miny)s, %(_maxx)s, %(_maxy)s, {})"
+        ).format(sql.Literal(tms))
+        pixel: sql.Composable = sql.SQL("(%(_maxx)s - %(_minx)s) / {}").format(sql.Literal(request.extent))
+        if not big:
+            # Computed once, and out of the planner's sight: see the docstring.
+            envelope = sql.SQL("(SELECT {})").format(envelope)
+            pixel = sql.SQL("(SELECT {})").format(pixel)
+        search: sql.Composable = sql.SQL("ST_Expand({}, %(_margin)s)").format(envelope)
+        geom: sql.Composable = sql.SQL("t.{}").format(_bare(self._geom))
         if storage != tms:
             # Densified so the curved edges of the reprojected box still cover the tile.
             search = sql.SQL("ST_Transform(ST_Segmentize({}, (%(_maxx)s - %(_minx)s) / 8), {})").format(
                 search, sql.Literal(storage)
             )
             geom = sql.SQL("ST_Transform({}, {})").format(geom, sql.Literal(tms))
+        if not big:
+            search = sql.SQL("(SELECT {})").format(search)
         if request.simplify and (self.schema.geometry_type or "").upper() not in ("POINT", "MULTIPOINT"):
             # Detail finer than a tile pixel is invisible: drop it before clipping and encoding.
-            geom = sql.SQL("ST_Simplify({}, (%(_maxx)s - %(_minx)s) / {}, true)").format(
-                geom, sql.Literal(request.extent)
-            )
-        columns = [sql.SQL("t.{} AS {}").format(self._id, self._id)]
+            geom = sql.SQL("ST_Simplify({}, {}, true)").format(geom, pixel)
+        columns = [sql.SQL("t.{} AS {}").format(_bare(self._id), _bare(self._id))]
         for name in names:
-            column = sql.SQL("t.{}").format(sql.Identifier(name))
+            column = sql.SQL("t.{}").format(_bare(sql.Identifier(name)))
             native = self.schema.fields[name].native_type
             if native == "numeric":
                 column = sql.SQL("{}::float8").format(column)  # ST_AsMVT writes numeric as text
             elif native in ("date", "timestamp", "timestamptz", "uuid", "json", "jsonb"):
                 column = sql.SQL("{}::text").format(column)
-            columns.append(sql.SQL("{} AS {}").format(column, sql.Identifier(name)))
+            columns.append(sql.SQL("{} AS {}").format(column, _bare(sql.Identifier(name))))
         id_name = sql.SQL("")
         if self.schema.id_type == "integer":
-            id_name = sql.SQL(", {}").format(sql.Literal(self.schema.id_field))
+            id_name = sql.SQL(", {}").format(_bare(sql.Literal(self.schema.id_field)))
         rendered = sql.SQL(
             # Ordered by id before the cap, so a tile has the same bytes on every build (and
-            # so one ETag whichever worker answers); PostgreSQL computes the MVT geometry of
-            # the rows the cap keeps only.
+            # so one ETag whichever worker answers), whatever plan PostgreSQL picks; it
+            # computes the MVT geometry of the rows the cap keeps only.
             "SELECT ST_AsMVT(q, %(_layer)s, {extent}, '__geom'{id_name}) FROM ("
             "SELECT ST_AsMVTGeom({geom}, {envelope}, {extent}, {buffer}, true) AS __geom, {columns} "
             "FROM {table} AS t WHERE t.{geomcol} && {search}{marker} ORDER BY t.{id} LIMIT {limit}"
@@ -821,18 +936,18 @@ class PostGISProvider(FeatureProvider):
             envelope=envelope,
             buffer=sql.Literal(request.buffer),
             columns=sql.SQL(", ").join(columns),
-            table=self._table,
-            geomcol=self._geom,
+            table=_bare(self._table),
+            geomcol=_bare(self._geom),
             search=search,
             marker=sql.SQL(_WHERE_MARKER),
-            id=self._id,
+            id=_bare(self._id),
             limit=sql.Literal(request.max_features),
         )
         head, _, tail = rendered.as_string(None).partition(_WHERE_MARKER)
-        template = (sql.SQL(head), sql.SQL(tail))
-        if len(self._sql_cache) >= SQL_CACHE_SIZE:
-            self._sql_cache.clear()
-        self._sql_cache[key] = template
+        template = (head.encode(), tail.encode())
+        if len(self._tile_templates) >= SQL_CACHE_SIZE:
+            self._tile_templates.clear()
+        self._tile_templates[key] = template
         return template
 
     def records(self, query: Query, geometry: GeometryEncoding = "wkt") -> tuple[list[str], Iterator[tuple]]:
@@ -1037,6 +1152,69 @@ def _pg_cell(field: Field, value: Any) -> Any:
     return value
 
 
+@dataclass(eq=False, slots=True)
+class _Watched:
+    """A statement running on ``conn`` for a client that ``gone()`` says has left, or not."""
+
+    conn: psycopg.Connection
+    gone: Callable[[], bool]
+    since: float
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    finished: bool = False
+
+
+class _Canceller:
+    """Cancels statements whose client has gone, with one thread per process.
+
+    The thread wakes every :data:`CANCEL_POLL_S` and asks only about statements
+    running longer than that: a fast tile costs a set entry, not a thread of its own
+    and a ``select()`` of its socket.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: set[_Watched] = set()
+        self._pid = 0
+
+    def watch(self, conn: psycopg.Connection, gone: Callable[[], bool]) -> _Watched:
+        entry = _Watched(conn, gone, time.monotonic())
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a forked child: threads do not cross a fork
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="geoharbor-cancel", daemon=True).start()
+            self._watched.add(entry)
+        return entry
+
+    def done(self, entry: _Watched) -> None:
+        with self._lock:
+            self._watched.discard(entry)
+        # A cancel under way ends before the connection goes back to the pool, where the
+        # next statement on it could otherwise be cancelled in its place.
+        with entry.lock:
+            entry.finished = True
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(CANCEL_POLL_S)
+            now = time.monotonic()
+            with self._lock:
+                due = [e for e in self._watched if now - e.since >= CANCEL_POLL_S]
+            for entry in due:
+                with entry.lock:
+                    if entry.finished:
+                        continue
+                    try:
+                        if entry.gone():
+                            entry.conn.cancel_safe()
+                            entry.finished = True
+                    except Exception as exc:  # noqa: BLE001 - the watch must go on for the others
+                        LOGGER.warning("could not cancel a statement whose client left: %s", exc)
+                        entry.finished = True
+
+
+_CANCELLER = _Canceller()
+
+
 @contextlib.contextmanager
 def _cancel_when(conn: psycopg.Connection, gone: Callable[[], bool] | None) -> Iterator[None]:
     """Cancel the connection's running statement once ``gone()`` says its client left.
@@ -1047,21 +1225,41 @@ def _cancel_when(conn: psycopg.Connection, gone: Callable[[], bool] | None) -> I
     if gone is None:
         yield
         return
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(CANCEL_POLL_S):
-            if gone():
-                conn.cancel_safe()
-                return
-
-    watcher = threading.Thread(target=watch, name="geoharbor-cancel", daemon=True)
-    watcher.start()
+    entry = _CANCELLER.watch(conn, gone)
     try:
         yield
     finally:
-        done.set()
-        watcher.join()
+        _CANCELLER.done(entry)
+
+
+def _lonlat_bounds(
+    bounds: tuple[float, float, float, float], srid: int
+) -> tuple[float, float, float, float] | None:
+    """A tile's bounds in longitude and latitude, for the tile matrix sets' CRSs (None for others)."""
+    if srid == 4326:
+        return bounds
+    if srid == 3857:
+        radius = 6378137.0
+        minx, miny, maxx, maxy = bounds
+
+        def lat(y: float) -> float:
+            return math.degrees(2.0 * math.atan(math.exp(y / radius)) - math.pi / 2.0)
+
+        return (math.degrees(minx / radius), lat(miny), math.degrees(maxx / radius), lat(maxy))
+    return None
+
+
+def _bare(part: sql.Composable) -> sql.SQL:
+    """A name rendered once for a statement template, its ``%`` doubled: psycopg reads the
+    template's ``%(name)s`` placeholders and would take a ``%`` in a column name for one."""
+    return sql.SQL(part.as_string(None).replace("%", "%%"))
+
+
+def revisions_found(keys: Sequence[str], rows: Iterable[tuple[Any, Any]]) -> dict[str, int]:
+    """Revisions by key from the rows of a revision read; 0 for a source never written."""
+    found = dict.fromkeys(keys, 0)
+    found.update((source, int(revision)) for source, revision in rows)
+    return found
 
 
 def _safe_url(url: str) -> str:

@@ -118,3 +118,30 @@ def test_a_dense_tile_of_a_sparse_layer_keeps_the_lowest_ids(base: str, capped) 
     responses = [_tile(base, cid, 12, CLUSTER_TILE.x, CLUSTER_TILE.y) for _ in range(6)]
     assert _ids(responses[0], cid) == inside[:CAP]
     assert len({r.headers["ETag"] for r in responses}) == 1
+
+
+def test_a_column_name_with_a_percent_sign(base: str, pg_url: str) -> None:
+    """Tile statements are templates with %(name)s placeholders: a '%' in a name stays a '%'."""
+    suffix = uuid.uuid4().hex[:10]
+    table, cid = f"pct_{suffix}", f"pct-{suffix}"
+    ident = sql.Identifier(table)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                'CREATE TABLE {} (id integer PRIMARY KEY, "share%" integer, geom geometry(Point, 4326))'
+            ).format(ident)
+        )
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 42, ST_Point(2.35, 48.85, 4326))").format(ident))
+    db = PostGISDatabase(pg_url, pool_min=0, pool_max=1)
+    store = PostgresStore(db)
+    record = store.insert("layer", {"collection": cid, "source": "pg", "table": table}, key=cid)
+    try:
+        answer = _tile(base, cid, 0, 0, 0)
+        assert answer.status_code == 200, answer.text
+        features = mapbox_vector_tile.decode(answer.content)[cid]["features"]
+        assert [f["properties"] for f in features] == [{"share%": 42}]
+    finally:
+        store.delete("layer", record.id)
+        db.close()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident))
