@@ -40,15 +40,15 @@ GPKG_TYPES = {
     "datetime": "DATETIME",
 }
 
-_EXTENSIONS_DDL = (
+EXTENSIONS_DDL = (
     "CREATE TABLE IF NOT EXISTS gpkg_extensions (table_name TEXT, column_name TEXT, "
     "extension_name TEXT NOT NULL, definition TEXT NOT NULL, scope TEXT NOT NULL, "
     "CONSTRAINT ge_tce UNIQUE (table_name, column_name, extension_name))"
 )
-_RTREE_EXTENSION = ("gpkg_rtree_index", "http://www.geopackage.org/spec120/#extension_rtree", "write-only")
+RTREE_EXTENSION = ("gpkg_rtree_index", "http://www.geopackage.org/spec120/#extension_rtree", "write-only")
 
 #: Metadata tables that may name a user table; rows about a dropped table go with it.
-_METADATA_TABLES = (
+METADATA_TABLES = (
     "gpkg_geometry_columns",
     "gpkg_extensions",
     "gpkg_ogr_contents",
@@ -121,7 +121,7 @@ class GeoPackageTables(Tables):
 
     # -- plumbing ------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT under the file's write lock; ROLLBACK on any error."""
         lock = self.gpkg.write_lock()
         if not lock.acquire(timeout=self.gpkg.busy_timeout_ms / 1000):
@@ -223,7 +223,7 @@ class GeoPackageTables(Tables):
         return srs_id
 
     # -- DDL -----------------------------------------------------------------------------
-    def _srs_id(self, conn: sqlite3.Connection, srid: int) -> int:
+    def srs_id(self, conn: sqlite3.Connection, srid: int) -> int:
         """The file's srs_id of EPSG:``srid``, adding it to gpkg_spatial_ref_sys when missing."""
         row = conn.execute(
             "SELECT srs_id FROM gpkg_spatial_ref_sys WHERE upper(organization) = 'EPSG' "
@@ -255,13 +255,13 @@ class GeoPackageTables(Tables):
         for column in spec.columns:
             null = " NOT NULL" if column.not_null else ""
             parts.append(_compose("{} {}{}", quote_ident(column.name), GPKG_TYPES[column.type], null))
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             taken = conn.execute(
                 "SELECT type FROM sqlite_master WHERE name = ? COLLATE NOCASE", (spec.name,)
             ).fetchone()
             if taken is not None:
                 raise Conflict(f"table {spec.name!r} already exists")
-            srs_id = self._srs_id(conn, spec.srid) if spec.geometry else None
+            srs_id = self.srs_id(conn, spec.srid) if spec.geometry else None
             conn.execute(_compose("CREATE TABLE {} ({})", quote_ident(spec.name), ", ".join(parts)))
             conn.execute(
                 "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id) "
@@ -276,11 +276,11 @@ class GeoPackageTables(Tables):
                 )
                 for statement in rtree_statements(spec.name, GEOMETRY_COLUMN, ID_COLUMN):
                     conn.execute(statement)
-                conn.execute(_EXTENSIONS_DDL)
+                conn.execute(EXTENSIONS_DDL)
                 conn.execute(
                     "INSERT INTO gpkg_extensions "
                     "(table_name, column_name, extension_name, definition, scope) VALUES (?, ?, ?, ?, ?)",
-                    (spec.name, GEOMETRY_COLUMN, *_RTREE_EXTENSION),
+                    (spec.name, GEOMETRY_COLUMN, *RTREE_EXTENSION),
                 )
             if self._has_table(conn, "gpkg_ogr_contents"):
                 conn.execute(
@@ -292,12 +292,12 @@ class GeoPackageTables(Tables):
 
     def drop(self, name: str) -> None:
         info = self.describe(name)
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             if info.geometry_column:
                 rtree = quote_ident(f"rtree_{info.name}_{info.geometry_column}")
                 conn.execute(_compose("DROP TABLE IF EXISTS {}", rtree))
             conn.execute(_compose("DROP {} {}", "VIEW" if info.is_view else "TABLE", quote_ident(info.name)))
-            for meta in _METADATA_TABLES:
+            for meta in METADATA_TABLES:
                 if self._has_table(conn, meta):
                     conn.execute(
                         _compose("DELETE FROM {} WHERE lower(table_name) = lower(?)", quote_ident(meta)),
@@ -309,7 +309,7 @@ class GeoPackageTables(Tables):
     def truncate(self, name: str) -> None:
         """DELETE every row (the triggers empty the R-tree and the count), then bump the revision."""
         info = self.describe(name)
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             conn.execute(_compose("DELETE FROM {}", quote_ident(info.name)))
             conn.execute(
                 "UPDATE gpkg_contents SET last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), "

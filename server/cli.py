@@ -1,5 +1,5 @@
 """The ``geoharbor`` command: serve, write the OpenAPI document, build the demo data,
-and manage users, roles and API keys in the configured store.
+import spatial files, and manage users, roles and API keys in the configured store.
 
 The first admin of a deployment is made here (``geoharbor user add NAME --admin``
 then ``geoharbor key create --user NAME --scope read,write,admin``), or over REST
@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -100,6 +101,102 @@ def demo(args: argparse.Namespace) -> int:
 
     print(build(args.output, force=True))
     return 0
+
+
+# -- imports ---------------------------------------------------------------------------------
+class _ProgressBar:
+    """Features done / total on stderr: redrawn in place on a terminal, a line a second otherwise."""
+
+    WIDTH = 30
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.shown_at = 0.0
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.shown_at < (0.2 if self.tty else 1.0) and done < total:
+            return
+        self.shown_at = now
+        share = done / total if total else 1.0
+        filled = int(share * self.WIDTH)
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        text = f"{self.label} [{bar}] {share:4.0%} {done:,}/{total:,} features"
+        print(f"\r{text}" if self.tty else text, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty and self.shown_at:
+            print(file=sys.stderr)
+
+
+def import_file(args: argparse.Namespace) -> int:
+    """Load a file's layer into a source's table and publish it as a layer (see providers.loader)."""
+    from providers import loader
+    from providers.errors import InvalidQuery, Unavailable
+    from providers.tables import tables_of
+    from server.registry import Registry
+
+    config = load(_config_path(args))
+    source = args.source or config["store"]["tables"]
+    if source not in config["sources"]:
+        raise InvalidQuery(f"no source named {source!r} (configured: {', '.join(config['sources'])})")
+    mode = loader.parse_mode(args.mode)
+    registry = Registry(config)
+    try:
+        if source in registry.source_errors:
+            raise Unavailable(f"source {source!r} is unavailable: {registry.source_errors[source]}")
+        target = registry.sources[source]
+        label = Path(args.file).name
+        bar = _ProgressBar(f"geoharbor: {label}")
+        started = time.monotonic()
+        try:
+            result = loader.load(args.file, args.layer, target, args.table, mode, progress=bar, srs=args.srs)
+        finally:
+            bar.close()
+        seconds = time.monotonic() - started
+        schema, _, table = result.table.rpartition(".")
+        tables = tables_of(target, source)
+        if schema:
+            tables.schema = schema  # type: ignore[misc]
+        layer = _published_layer(registry, source, tables, table)
+        try:
+            if layer is not None:
+                record = registry.update_layer(layer.id, layer.body)  # republished with the new columns
+            else:
+                taken = table in registry.collections
+                record = registry.create_layer(
+                    {
+                        "collection": f"{table}_{source}" if taken else table,
+                        "source": source,
+                        **({"table": result.table} if schema else tables.layer_options(table)),
+                        "name": table,
+                        "title": args.title or table,
+                        "editable": False,
+                    }
+                )
+        except BaseException:
+            if mode is loader.Mode.CREATE and layer is None:
+                tables.drop(table)  # nothing published: the new table goes too
+            raise
+        rate = result.features / seconds if seconds > 0 else 0.0
+        _say(
+            f"imported {result.features:,} features into {result.table} ({source}, {mode.value}, "
+            f"EPSG:{result.srid}, {result.geometry_type}) in {seconds:.1f} s ({rate:,.0f}/s); "
+            f"collection {record.key!r} (layer {record.id})"
+        )
+    finally:
+        registry.close()
+    return 0
+
+
+def _published_layer(registry: Any, source: str, tables: Any, table: str) -> Any:
+    """The layer record publishing ``table`` of ``source``, if there is one."""
+    for record in registry.store.list("layer"):
+        if record.body.get("source") == source and tables.is_layer_of(record.body, table):
+            return record
+    return None
 
 
 # -- users, roles and keys ------------------------------------------------------------------
@@ -304,6 +401,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="(re)build the demo GeoPackage")
     p.add_argument("-o", "--output", default="data/demo.gpkg")
     p.set_defaults(func=demo)
+    p = sub.add_parser("import", help="load a spatial file into a table and publish it")
+    p.add_argument(
+        "file", help="a spatial file, a directory or a zip (Shapefile, GeoPackage, GeoJSON, CSV ...)"
+    )
+    p.add_argument("--layer", help="the layer to load when the file has several")
+    p.add_argument("--table", help="target table (default: the layer name); schema.table for PostGIS")
+    p.add_argument("--source", help="configured source to write to (default: store.tables)")
+    p.add_argument("--mode", default="create", choices=["create", "replace", "append"])
+    p.add_argument("--srs", help="the data's CRS (EPSG:n) when the file has none")
+    p.add_argument("--title", help="title of the published collection")
+    p.add_argument("-c", "--config", help=f"YAML config (default $GEOHARBOR_CONFIG or {DEFAULT_CONFIG})")
+    p.set_defaults(func=import_file)
     _account_commands(sub)
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,296 @@
+"""Writing a file's features into a GeoPackage table, in one SQLite transaction.
+
+SQLite gives what PostGIS needs a staging table for: everything between ``BEGIN
+IMMEDIATE`` and ``COMMIT`` (the new table, its GeoPackage metadata, every row, the
+R-tree) appears at once or, after an error or a killed process, not at all (the WAL
+is rolled back on the next open). Readers keep reading the old state meanwhile.
+
+The table is made as GDAL makes one (see :mod:`providers.geopackage_tables`, whose
+helpers write the R-tree, its triggers and GDAL's feature count), with the key ``id``
+and the geometry ``geom``. REPLACE drops the old table and its metadata in the same
+transaction; APPEND checks the file's columns against the table's first, and brings
+geometries into the table's CRS and multi type.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import struct
+from datetime import UTC, date, datetime, time
+from typing import Any
+
+import numpy as np
+import shapely
+from pyproj import Transformer
+
+from providers.errors import Conflict, InvalidData, NotFound
+from providers.geopackage import GeoPackage, _compose, quote_ident
+from providers.geopackage_tables import (
+    EXTENSIONS_DDL,
+    METADATA_TABLES,
+    RTREE_EXTENSION,
+    GeoPackageTables,
+    count_triggers,
+    rtree_statements,
+)
+from providers.loader import LoadResult, Mode, Plan, Progress, promoted, python_values
+from providers.tables import GEOMETRY_COLUMN, ID_COLUMN, TableInfo, check_name
+
+#: Column kind -> GeoPackage column type (GeoPackage 1.3, table 1).
+GPKG_TYPES = {
+    "smallint": "SMALLINT",
+    "integer": "INTEGER",
+    "bigint": "INTEGER",
+    "real": "FLOAT",
+    "double": "REAL",
+    "boolean": "BOOLEAN",
+    "text": "TEXT",
+    "date": "DATE",
+    "timestamp": "DATETIME",
+    "timestamptz": "DATETIME",
+    "time": "TEXT",
+    "binary": "BLOB",
+    "json": "TEXT",
+}
+#: Column kind -> the existing column types that take it without loss (APPEND).
+ASSIGNABLE = {
+    "smallint": {"SMALLINT", "MEDIUMINT", "INT", "INTEGER", "FLOAT", "REAL", "DOUBLE"},
+    "integer": {"MEDIUMINT", "INT", "INTEGER", "REAL", "DOUBLE"},
+    "bigint": {"INT", "INTEGER"},
+    "real": {"FLOAT", "REAL", "DOUBLE"},
+    "double": {"REAL", "DOUBLE"},
+    "boolean": {"BOOLEAN"},
+    "text": {"TEXT"},
+    "json": {"TEXT"},
+    "time": {"TEXT"},
+    "date": {"DATE", "DATETIME"},
+    "timestamp": {"DATETIME"},
+    "timestamptz": {"DATETIME"},
+    "binary": {"BLOB"},
+}
+_HEADER = struct.Struct("<2sBBi")
+_HEADER_XY = struct.Struct("<2sBBi4d")
+_EMPTY_FLAG = 0x10
+
+
+def load_geopackage(
+    plan: Plan, gpkg: GeoPackage, table: str, mode: Mode, progress: Progress | None, batch: int
+) -> LoadResult:
+    """Load ``plan`` into ``table`` of ``gpkg``; see the module doc."""
+    name = check_name(table)
+    tables = GeoPackageTables(gpkg, "")
+    existing = _existing(tables, name)
+    if mode is Mode.CREATE and existing is not None:
+        raise Conflict(f"table {name!r} already exists")
+    if mode is Mode.APPEND:
+        if existing is None:
+            raise NotFound(f"table {name!r} does not exist: nothing to append to")
+        _check_append(plan, existing)
+    written = 0
+    with tables.transaction() as conn:
+        if mode is Mode.APPEND:
+            assert existing is not None
+            table_name, geometry_column = existing.name, existing.geometry_column or GEOMETRY_COLUMN
+            srs_id = _srs_of(conn, table_name)
+            target_srid = existing.srid or plan.srid
+            multi = _multi_code(existing.geometry)
+        else:
+            if existing is not None:
+                _drop(conn, existing)
+            elif _taken(conn, name):
+                raise Conflict(f"table {name!r} already exists")
+            srs_id = _create(conn, tables, plan, name)
+            table_name, geometry_column, target_srid, multi = name, GEOMETRY_COLUMN, plan.srid, plan.promote
+        transformer = None
+        if target_srid != plan.srid:
+            transformer = Transformer.from_crs(f"EPSG:{plan.srid}", f"EPSG:{target_srid}", always_xy=True)
+        names = [c.name for c in plan.columns] + [geometry_column]
+        statement = _compose(
+            "INSERT INTO {} ({}) VALUES ({})",
+            quote_ident(table_name),
+            ", ".join(quote_ident(n) for n in names),
+            ", ".join("?" * len(names)),
+        )
+        extent = [math.inf, math.inf, -math.inf, -math.inf]
+        for chunk in plan.batches(batch):
+            columns = [_values(python_values(chunk.column(c.source), c.kind), c.kind) for c in plan.columns]
+            wkbs = [
+                None if w is None else promoted(w, multi)
+                for w in chunk.column(plan.geometry_column).to_pylist()
+            ]
+            columns.append(_blobs(wkbs, srs_id, transformer, extent))
+            try:
+                conn.executemany(statement, zip(*columns, strict=True))
+            except sqlite3.IntegrityError as exc:
+                raise InvalidData(f"the data does not fit the table: {exc}") from exc
+            written += chunk.num_rows
+            if progress is not None:
+                progress(written, max(plan.total, written))
+        _update_contents(conn, table_name, extent, mode is Mode.APPEND)
+    gpkg.bump_revision(table_name)
+    return LoadResult(table_name, written, target_srid, plan.geometry_type, plan.columns, mode)
+
+
+def _existing(tables: GeoPackageTables, name: str) -> TableInfo | None:
+    try:
+        return tables.describe(name)
+    except NotFound:
+        return None
+
+
+def _taken(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+    return row is not None
+
+
+def _srs_of(conn: sqlite3.Connection, table: str) -> int:
+    row = conn.execute(
+        "SELECT srs_id FROM gpkg_geometry_columns WHERE table_name = ? COLLATE NOCASE", (table,)
+    ).fetchone()
+    return int(row[0])
+
+
+def _multi_code(geometry_type: str | None) -> int | None:
+    return {"MULTIPOINT": 4, "MULTILINESTRING": 5, "MULTIPOLYGON": 6}.get((geometry_type or "").upper())
+
+
+def _check_append(plan: Plan, existing: TableInfo) -> None:
+    """InvalidData unless every column of the file fits a column of the table (and it has a geometry)."""
+    if existing.geometry_column is None:
+        raise InvalidData(f"table {existing.name!r} has no geometry column to append features to")
+    problems = []
+    for column in plan.columns:
+        found = existing.columns.get(column.name)
+        base = found.native_type.split("(", 1)[0].strip().upper() if found is not None else ""
+        if found is None:
+            problems.append(f"{column.name!r} is not a column of the table")
+        elif base not in ASSIGNABLE[column.kind]:
+            problems.append(f"{column.name!r} holds {column.kind} values, the table's column is {base}")
+    if problems:
+        raise InvalidData(f"cannot append to {existing.name!r}: " + "; ".join(problems[:10]))
+
+
+def _drop(conn: sqlite3.Connection, info: TableInfo) -> None:
+    """The table, its R-tree and every metadata row about it (as GeoPackageTables.drop does)."""
+    if info.geometry_column:
+        conn.execute(
+            _compose("DROP TABLE IF EXISTS {}", quote_ident(f"rtree_{info.name}_{info.geometry_column}"))
+        )
+    conn.execute(_compose("DROP {} {}", "VIEW" if info.is_view else "TABLE", quote_ident(info.name)))
+    for meta in METADATA_TABLES:
+        if _taken(conn, meta):
+            conn.execute(
+                _compose("DELETE FROM {} WHERE lower(table_name) = lower(?)", quote_ident(meta)), (info.name,)
+            )
+    conn.execute("DELETE FROM gpkg_contents WHERE lower(table_name) = lower(?)", (info.name,))
+
+
+def _create(conn: sqlite3.Connection, tables: GeoPackageTables, plan: Plan, name: str) -> int:
+    """The feature table with its metadata, R-tree and count triggers; returns its srs_id."""
+    parts = [_compose("{} INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL", quote_ident(ID_COLUMN))]
+    parts.append(_compose("{} {}", quote_ident(GEOMETRY_COLUMN), plan.base_type))
+    parts += [_compose("{} {}", quote_ident(c.name), GPKG_TYPES[c.kind]) for c in plan.columns]
+    srs_id = tables.srs_id(conn, plan.srid)
+    conn.execute(_compose("CREATE TABLE {} ({})", quote_ident(name), ", ".join(parts)))
+    conn.execute(
+        "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id) "
+        "VALUES (?, 'features', ?, '', ?)",
+        (name, name, srs_id),
+    )
+    conn.execute(
+        "INSERT INTO gpkg_geometry_columns (table_name, column_name, geometry_type_name, srs_id, z, m) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            name,
+            GEOMETRY_COLUMN,
+            plan.base_type,
+            srs_id,
+            int("Z" in plan.dimensions),
+            int("M" in plan.dimensions),
+        ),
+    )
+    for statement in rtree_statements(name, GEOMETRY_COLUMN, ID_COLUMN):
+        conn.execute(statement)
+    conn.execute(EXTENSIONS_DDL)
+    conn.execute(
+        "INSERT INTO gpkg_extensions (table_name, column_name, extension_name, definition, scope) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (name, GEOMETRY_COLUMN, *RTREE_EXTENSION),
+    )
+    if _taken(conn, "gpkg_ogr_contents"):
+        conn.execute("INSERT INTO gpkg_ogr_contents (table_name, feature_count) VALUES (?, 0)", (name,))
+        for statement in count_triggers(name):
+            conn.execute(statement)
+    return srs_id
+
+
+def _values(values: list[Any], kind: str) -> list[Any]:
+    """Python values as GeoPackage stores them: times as ISO 8601 text, booleans as 0/1."""
+    if kind in ("timestamp", "timestamptz"):
+        return [None if v is None else _datetime_text(v) for v in values]
+    if kind in ("date", "time"):
+        return [None if v is None else v.isoformat() for v in values]
+    if kind == "boolean":
+        return [None if v is None else int(v) for v in values]
+    return values
+
+
+def _datetime_text(value: datetime | date | time) -> str:
+    """GDAL's spelling: ``YYYY-MM-DDTHH:MM:SS.sssZ`` in UTC (no zone: as given)."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        value = value.astimezone(UTC)
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return value.isoformat(timespec="milliseconds") if isinstance(value, datetime) else value.isoformat()
+
+
+def _blobs(
+    wkbs: list[bytes | None], srs_id: int, transformer: Transformer | None, extent: list[float]
+) -> list[bytes | None]:
+    """GeoPackage blobs (header with the xy envelope, then ISO WKB); widens ``extent``."""
+    geoms = shapely.from_wkb(np.array(wkbs, dtype=object), on_invalid="raise")
+    if transformer is not None:
+        geoms = shapely.transform(
+            geoms, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
+        )
+        wkbs = list(shapely.to_wkb(geoms, byte_order=1, flavor="iso"))
+    bounds = shapely.bounds(geoms)
+    if len(bounds) and not np.all(np.isnan(bounds[:, 0])):
+        extent[0] = min(extent[0], float(np.nanmin(bounds[:, 0])))
+        extent[1] = min(extent[1], float(np.nanmin(bounds[:, 1])))
+        extent[2] = max(extent[2], float(np.nanmax(bounds[:, 2])))
+        extent[3] = max(extent[3], float(np.nanmax(bounds[:, 3])))
+    out: list[bytes | None] = []
+    for wkb, (minx, miny, maxx, maxy) in zip(wkbs, bounds.tolist(), strict=True):
+        if wkb is None:
+            out.append(None)
+        elif minx != minx:  # NaN: an empty geometry has no envelope
+            out.append(_HEADER.pack(b"GP", 0, 0x01 | _EMPTY_FLAG, srs_id) + wkb)
+        else:
+            out.append(_HEADER_XY.pack(b"GP", 0, 0x03, srs_id, minx, maxx, miny, maxy) + wkb)
+    return out
+
+
+def _update_contents(conn: sqlite3.Connection, table: str, extent: list[float], widen: bool) -> None:
+    """The layer's extent and last change in gpkg_contents (widened when appending)."""
+    if math.isinf(extent[0]):
+        conn.execute(
+            "UPDATE gpkg_contents SET last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+            "WHERE lower(table_name) = lower(?)",
+            (table,),
+        )
+        return
+    if widen:
+        conn.execute(
+            "UPDATE gpkg_contents SET last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), "
+            "min_x = min(coalesce(min_x, :x0), :x0), min_y = min(coalesce(min_y, :y0), :y0), "
+            "max_x = max(coalesce(max_x, :x1), :x1), max_y = max(coalesce(max_y, :y1), :y1) "
+            "WHERE lower(table_name) = lower(:table)",
+            dict(zip(("x0", "y0", "x1", "y1"), extent, strict=True), table=table),
+        )
+        return
+    conn.execute(
+        "UPDATE gpkg_contents SET last_change = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), "
+        "min_x = ?, min_y = ?, max_x = ?, max_y = ? WHERE lower(table_name) = lower(?)",
+        (*extent, table),
+    )
