@@ -88,7 +88,13 @@ def key_digest(key: str) -> str:
 
 
 def presented_key(request: Request) -> str | None:
-    """The API key a request carries, if any (URL first, then headers, then Basic's password)."""
+    """The API key a request carries, if any (URL first, then headers, then Basic's password).
+
+    Read once per request: several hooks ask, and the access hook takes ``api_key`` out
+    of the query string once it has it.
+    """
+    if "geoharbor.api_key" in request.environ:
+        return request.environ["geoharbor.api_key"]
     found = request.args.get("api_key") or request.headers.get("API-Key") or request.headers.get("X-API-Key")
     if not found:
         scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
@@ -98,6 +104,7 @@ def presented_key(request: Request) -> str | None:
             # Importer and catalogue clients (gn-gsimporter, geonodectl) only speak HTTP
             # Basic: the password is the API key, the user name is not needed.
             found = request.authorization.password or None
+    request.environ["geoharbor.api_key"] = found or None
     return found or None
 
 
