@@ -10,7 +10,6 @@ geometry types and bbox gathered while writing).
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pyogrio.errors import DataLayerError, DataSourceError, FieldError, Geometry
 from pyproj import CRS
 
 from providers.errors import InvalidData, InvalidQuery
+from providers.export import zip_outputs
 from providers.files import Layer, open_options
 
 #: Features per record batch (and held in memory at once).
@@ -88,7 +88,7 @@ def convert(path: Path, layer: Layer, source_driver: str, fmt: str, directory: P
     except (DataSourceError, DataLayerError, FieldError, GeometryError) as exc:
         raise InvalidData(f"layer {layer.name!r} cannot be written as {fmt}: {str(exc)[:300]}") from exc
     if target_format.zipped:
-        return _zip(target)
+        return zip_outputs(target)
     return target
 
 
@@ -189,13 +189,3 @@ def _write_geoparquet(
                 },
             }
             writer.add_key_value_metadata({"geo": orjson.dumps(geo).decode()})
-
-
-def _zip(target: Path) -> Path:
-    """The files GDAL wrote for ``target`` (same stem) in one zip beside them."""
-    archive = target.with_suffix(".zip")
-    parts = sorted(p for p in target.parent.iterdir() if p.stem == target.stem and p != archive)
-    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
-        for part in parts:
-            zipped.write(part, arcname=part.name)
-    return archive

@@ -202,7 +202,7 @@ def export(
             append=False,
         )
     if spec.zipped:
-        return _zip(target)
+        return zip_outputs(target)
     return target
 
 
@@ -375,7 +375,7 @@ def _write(
         raise InvalidData(f"GDAL cannot write these features as {spec.driver}: {str(exc)[:300]}") from exc
 
 
-def _zip(target: Path) -> Path:
+def zip_outputs(target: Path) -> Path:
     """The files GDAL wrote for ``target`` (same stem) in one zip beside them."""
     archive = target.with_suffix(".zip")
     parts = sorted(p for p in target.parent.iterdir() if p.stem == target.stem and p != archive)

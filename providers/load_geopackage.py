@@ -34,7 +34,7 @@ from providers.geopackage_tables import (
     count_triggers,
     rtree_statements,
 )
-from providers.loader import LoadResult, Mode, Plan, Progress, promoted, python_values
+from providers.loader import LoadResult, Mode, Plan, Progress, check_append, promoted, python_values
 from providers.tables import GEOMETRY_COLUMN, ID_COLUMN, TableInfo, check_name
 
 #: Column kind -> GeoPackage column type (GeoPackage 1.3, table 1).
@@ -86,7 +86,7 @@ def load_geopackage(
     if mode is Mode.APPEND:
         if existing is None:
             raise NotFound(f"table {name!r} does not exist: nothing to append to")
-        _check_append(plan, existing)
+        check_append(plan, existing, ASSIGNABLE, lambda t: t.split("(", 1)[0].strip().upper())
     written = 0
     with tables.transaction() as conn:
         if mode is Mode.APPEND:
@@ -153,22 +153,6 @@ def _srs_of(conn: sqlite3.Connection, table: str) -> int:
 
 def _multi_code(geometry_type: str | None) -> int | None:
     return {"MULTIPOINT": 4, "MULTILINESTRING": 5, "MULTIPOLYGON": 6}.get((geometry_type or "").upper())
-
-
-def _check_append(plan: Plan, existing: TableInfo) -> None:
-    """InvalidData unless every column of the file fits a column of the table (and it has a geometry)."""
-    if existing.geometry_column is None:
-        raise InvalidData(f"table {existing.name!r} has no geometry column to append features to")
-    problems = []
-    for column in plan.columns:
-        found = existing.columns.get(column.name)
-        base = found.native_type.split("(", 1)[0].strip().upper() if found is not None else ""
-        if found is None:
-            problems.append(f"{column.name!r} is not a column of the table")
-        elif base not in ASSIGNABLE[column.kind]:
-            problems.append(f"{column.name!r} holds {column.kind} values, the table's column is {base}")
-    if problems:
-        raise InvalidData(f"cannot append to {existing.name!r}: " + "; ".join(problems[:10]))
 
 
 def _drop(conn: sqlite3.Connection, info: TableInfo) -> None:

@@ -32,7 +32,7 @@ from psycopg import sql
 
 from providers import pgcopy
 from providers.errors import Conflict, InvalidData, NotFound, ProviderError, Unavailable
-from providers.loader import LoadResult, Mode, Plan, Progress
+from providers.loader import LoadResult, Mode, Plan, Progress, check_append
 from providers.postgis import PostGISDatabase
 from providers.postgis_tables import PostGISTables
 from providers.tables import GEOMETRY_COLUMN, ID_COLUMN, TableInfo, check_name
@@ -105,7 +105,7 @@ def load_postgis(
     if mode is Mode.APPEND:
         if existing is None:
             raise NotFound(f"table {target.key!r} does not exist: nothing to append to")
-        _check_append(plan, existing)
+        check_append(plan, existing, ASSIGNABLE)
     revisions = db.ensure_revisions()
     try:
         conn = psycopg.connect(db.url, autocommit=True)
@@ -258,7 +258,7 @@ def _swap(
             with conn.transaction():
                 conn.execute(sql.SQL("DROP TABLE {}").format(target.ident))
         except psycopg.errors.DependentObjectsStillExist:
-            _check_append(plan, existing)
+            check_append(plan, existing, ASSIGNABLE)
             conn.execute(sql.SQL("TRUNCATE {}").format(target.ident))
             _insert(conn, plan, staging, target, existing)
             return
@@ -284,23 +284,6 @@ def _swap(
                     sql.Identifier(wanted),
                 )
             )
-
-
-def _check_append(plan: Plan, existing: TableInfo) -> None:
-    """InvalidData unless every column of the file fits a column of the table (and it has a geometry)."""
-    if existing.geometry_column is None:
-        raise InvalidData(f"table {existing.name!r} has no geometry column to append features to")
-    problems = []
-    for column in plan.columns:
-        found = existing.columns.get(column.name)
-        if found is None:
-            problems.append(f"{column.name!r} is not a column of the table")
-        elif found.native_type not in ASSIGNABLE[column.kind]:
-            problems.append(
-                f"{column.name!r} holds {column.kind} values, the table's column is {found.native_type}"
-            )
-    if problems:
-        raise InvalidData(f"cannot append to {existing.name!r}: " + "; ".join(problems[:10]))
 
 
 def _insert(

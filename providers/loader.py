@@ -431,3 +431,26 @@ def python_values(array: pa.Array | pa.ChunkedArray, kind: str) -> list[Any]:
     if kind == "binary" and pa.types.is_fixed_size_binary(array.type):
         array = array.cast(pa.binary())
     return array.to_pylist()
+
+
+def check_append(
+    plan: Any, existing: Any, assignable: dict[str, Any], base: Callable[[str], str] = lambda t: t
+) -> None:
+    """InvalidData unless every column of the file fits a column of the table (and it has a geometry).
+
+    ``assignable`` names, per value kind, the target types a backend accepts;
+    ``base`` reduces a column's declared type to one of those names.
+    """
+    if existing.geometry_column is None:
+        raise InvalidData(f"table {existing.name!r} has no geometry column to append features to")
+    problems = []
+    for column in plan.columns:
+        found = existing.columns.get(column.name)
+        if found is None:
+            problems.append(f"{column.name!r} is not a column of the table")
+        elif base(found.native_type) not in assignable[column.kind]:
+            problems.append(
+                f"{column.name!r} holds {column.kind} values, the table's column is {found.native_type}"
+            )
+    if problems:
+        raise InvalidData(f"cannot append to {existing.name!r}: " + "; ".join(problems[:10]))

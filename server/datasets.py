@@ -34,6 +34,7 @@ from providers.files import count as count_features
 from providers.store import Record, Store
 from server import bodies
 from server.auth import current_auth, current_identity
+from server.params import int_param
 
 blueprint = Blueprint("datasets", __name__)
 
@@ -61,20 +62,6 @@ def _root() -> Path:
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data, default=str), status=status, mimetype="application/json")
-
-
-def _int_arg(name: str, default: int, minimum: int, maximum: int | None = None) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidQuery(f"{name} must be an integer, not {raw[:50]!r}") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise InvalidQuery(f"{name} must be {bound}")
-    return value
 
 
 # -- records and access ------------------------------------------------------------------------
@@ -183,8 +170,8 @@ def _group_name(parts: list[Any]) -> str:
 @blueprint.route("/datasets", methods=["GET"])
 def list_datasets() -> Response:
     """The datasets the caller may read, oldest first, ``limit``/``offset`` paged."""
-    limit = _int_arg("limit", LIMIT_DEFAULT, 1, LIMIT_MAX)
-    offset = _int_arg("offset", 0, 0)
+    limit = int_param(request.args, "limit", LIMIT_DEFAULT, 1, LIMIT_MAX)
+    offset = int_param(request.args, "offset", 0, 0)
     auth, identity = current_auth(), current_identity()
     readable = [r for r in _store().list(KIND) if auth.allowed(identity, "read", _rights(r))]
     return _json([_view(r) for r in readable[offset : offset + limit]])
@@ -211,8 +198,8 @@ def layer_features(dataset_id: str, layer: str) -> Response:
     """A page of a layer's features as GeoJSON (lon/lat), with ``total``, ``limit`` and ``offset``."""
     record = _dataset(dataset_id)
     path, found, _driver = _layer(record, layer)
-    limit = _int_arg("limit", LIMIT_DEFAULT, 0, LIMIT_MAX)
-    offset = _int_arg("offset", 0, 0)
+    limit = int_param(request.args, "limit", LIMIT_DEFAULT, 0, LIMIT_MAX)
+    offset = int_param(request.args, "offset", 0, 0)
     bbox = _bbox(request.args.get("bbox"))
     total = count_features(path, found, bbox)
     features = read_page(path, found, offset, limit, bbox) if limit and offset < total else []

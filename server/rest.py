@@ -23,6 +23,7 @@ from flask import Blueprint, Response, current_app, request
 
 from providers.errors import InvalidData, InvalidQuery
 from server import bodies
+from server.params import int_param
 
 blueprint = Blueprint("rest", __name__)
 
@@ -86,24 +87,11 @@ class Paging:
         return (self.page - 1) * self.perpage
 
 
-def _int_arg(name: str, default: int, minimum: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidQuery(f"{name} must be an integer, not {raw[:50]!r}") from None
-    if value < minimum:
-        raise InvalidQuery(f"{name} must be at least {minimum}")
-    return value
-
-
 def paging() -> Paging:
     """``page`` (from 1) and ``perpage`` (default 100, capped at the configured maximum)."""
     cap = current_app.config["GEOHARBOR"]["rest"]["perpage_max"]
-    perpage = min(_int_arg("perpage", min(100, cap), 1), cap)
-    return Paging(_int_arg("page", 1, 1), perpage)
+    perpage = int_param(request.args, "perpage", min(100, cap), 1, cap)
+    return Paging(int_param(request.args, "page", 1, 1), perpage)
 
 
 def order_by(allowed: Iterable[str], default: list[tuple[str, bool]] | None = None) -> list[tuple[str, bool]]:
