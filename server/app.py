@@ -34,6 +34,7 @@ from server import (
 from server import auth as auth_module
 from server import config as config_module
 from server.auth import Auth
+from server.jobs import Jobs
 from server.pygeoapi_bridge import PygeoapiCore
 from server.registry import Registry
 from server.tiles import TileCache
@@ -50,6 +51,7 @@ class State:
     core: PygeoapiCore
     tile_cache: TileCache
     auth: Auth
+    jobs: Jobs
 
 
 def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
@@ -68,7 +70,9 @@ def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
     app.url_map.strict_slashes = False
     tile_cache = TileCache(config["server"]["tiles"]["cache_mb"] << 20)
     auth = Auth(config, registry)
-    app.extensions["geoharbor"] = State(config, registry, PygeoapiCore(config, registry), tile_cache, auth)
+    app.extensions["geoharbor"] = State(
+        config, registry, PygeoapiCore(config, registry), tile_cache, auth, Jobs(config, registry)
+    )
     if config["server"]["trust_proxy_headers"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
     errors.install(app)

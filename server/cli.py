@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -77,7 +78,52 @@ def serve(args: argparse.Namespace) -> int:
             return create_app(os.environ["GEOHARBOR_CONFIG"])
 
     print(f"geoharbor: serving {path} on http://{options['bind']}", file=sys.stderr)
-    Server().run()
+    workers = _start_job_workers(config, os.environ["GEOHARBOR_CONFIG"])
+    try:
+        Server().run()
+    finally:
+        _stop(workers)
+    return 0
+
+
+def _start_job_workers(config: dict[str, Any], path: str) -> list[subprocess.Popen]:
+    """``jobs.workers`` ``geoharbor worker`` processes next to gunicorn (PostgreSQL store only:
+    in embedded mode the server runs jobs itself). Web workers never run jobs."""
+    if "source" not in config["store"]:
+        return []
+    command = [sys.executable, "-m", "server.cli", "worker", "-c", path]
+    return [subprocess.Popen(command, preexec_fn=_die_with_parent) for _ in range(config["jobs"]["workers"])]
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM when the server process dies, even by SIGKILL."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()  # its running job is failed as lost by the next worker
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Run jobs (imports, processing) from the queue on the store's database until stopped."""
+    from server.jobs import run_worker
+
+    config = load(_config_path(args))
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    _say(f"job worker {os.getpid()} on {_config_path(args)}")
+    run_worker(config, concurrency=args.concurrency, queues=queues)
     return 0
 
 
@@ -135,7 +181,7 @@ def import_file(args: argparse.Namespace) -> int:
     """Load a file's layer into a source's table and publish it as a layer (see providers.loader)."""
     from providers import loader
     from providers.errors import InvalidQuery, Unavailable
-    from providers.tables import tables_of
+    from server.publish import publish_loaded
     from server.registry import Registry
 
     config = load(_config_path(args))
@@ -156,30 +202,7 @@ def import_file(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         seconds = time.monotonic() - started
-        schema, _, table = result.table.rpartition(".")
-        tables = tables_of(target, source)
-        if schema:
-            tables.schema = schema  # type: ignore[misc]
-        layer = _published_layer(registry, source, tables, table)
-        try:
-            if layer is not None:
-                record = registry.update_layer(layer.id, layer.body)  # republished with the new columns
-            else:
-                taken = table in registry.collections
-                record = registry.create_layer(
-                    {
-                        "collection": f"{table}_{source}" if taken else table,
-                        "source": source,
-                        **({"table": result.table} if schema else tables.layer_options(table)),
-                        "name": table,
-                        "title": args.title or table,
-                        "editable": False,
-                    }
-                )
-        except BaseException:
-            if mode is loader.Mode.CREATE and layer is None:
-                tables.drop(table)  # nothing published: the new table goes too
-            raise
+        record = publish_loaded(registry, source, result, mode, title=args.title)
         rate = result.features / seconds if seconds > 0 else 0.0
         _say(
             f"imported {result.features:,} features into {result.table} ({source}, {mode.value}, "
@@ -189,14 +212,6 @@ def import_file(args: argparse.Namespace) -> int:
     finally:
         registry.close()
     return 0
-
-
-def _published_layer(registry: Any, source: str, tables: Any, table: str) -> Any:
-    """The layer record publishing ``table`` of ``source``, if there is one."""
-    for record in registry.store.list("layer"):
-        if record.body.get("source") == source and tables.is_layer_of(record.body, table):
-            return record
-    return None
 
 
 # -- users, roles and keys ------------------------------------------------------------------
@@ -393,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-t", "--timeout", type=int, help="worker timeout in seconds")
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
     p.set_defaults(func=serve)
+    p = sub.add_parser("worker", help="run background jobs (imports ...) from the queue")
+    p.add_argument("-c", "--config", help=f"YAML config (default $GEOHARBOR_CONFIG or {DEFAULT_CONFIG})")
+    p.add_argument("--concurrency", type=int, help="jobs at once (default jobs.concurrency)")
+    p.add_argument("--queues", help="comma-separated procrastinate queues (default all)")
+    p.set_defaults(func=worker)
     p = sub.add_parser("openapi", help="write the OpenAPI document")
     p.add_argument("-c", "--config")
     p.add_argument("-o", "--output", default="openapi/openapi.json")

@@ -192,6 +192,17 @@ _SCHEMA: dict[str, Any] = {
                 "max_unpacked_mb": {"type": "number", "exclusiveMinimum": 0},
             },
         },
+        "jobs": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "background work (server/jobs.py)",
+            "properties": {
+                "workers": {"type": "integer", "minimum": 0, "description": "worker processes serve starts"},
+                "concurrency": {"type": "integer", "minimum": 1, "description": "jobs at once per worker"},
+                "heartbeat_s": {"type": "number", "exclusiveMinimum": 0},
+                "lost_after_s": {"type": "number", "exclusiveMinimum": 0},
+            },
+        },
         "collections": {
             "type": "object",
             "propertyNames": {"pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"},
@@ -220,6 +231,7 @@ TILE_DEFAULTS: dict[str, Any] = {"cache_mb": 64, "max_age": 0, "empty": "204", "
 REST_DEFAULTS: dict[str, Any] = {"prefix": "/rest/1", "perpage_max": 1000}
 MAPFISH_DEFAULTS: dict[str, Any] = {"prefix": "/mapfish", "limit_max": 10_000}
 DATASETS_DEFAULTS: dict[str, Any] = {"max_upload_mb": 2048, "max_unpacked_mb": 8192}
+JOBS_DEFAULTS: dict[str, Any] = {"workers": 1, "concurrency": 1, "heartbeat_s": 5, "lost_after_s": 60}
 COLLECTION_TILE_DEFAULTS: dict[str, Any] = {
     "minzoom": 0,
     "maxzoom": 22,
@@ -285,6 +297,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         "auth": {"api_key": "", "rate_limit": {}, "audit": True, **raw.get("auth", {})},
         "rest": {**REST_DEFAULTS, **raw.get("rest", {})},
         "mapfish": {**MAPFISH_DEFAULTS, **raw.get("mapfish", {})},
+        "jobs": {**JOBS_DEFAULTS, **raw.get("jobs", {})},
     }
     for name, coll in config["collections"].items():
         source = config["sources"].get(coll["source"])
