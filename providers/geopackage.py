@@ -1121,6 +1121,32 @@ class GeoPackage:
                 lock = self._writer[1]
         return lock
 
+    @contextlib.contextmanager
+    def write_transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the write lock; ``ROLLBACK`` on any error.
+
+        Every writer of the file (features, tables, loads) goes through here; SQLite's
+        own errors pass through for each caller to word.
+        """
+        lock = self.write_lock()
+        if not lock.acquire(timeout=self.busy_timeout_ms / 1000):
+            raise Unavailable("the GeoPackage is busy with other writes")
+        try:
+            conn = self.connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise Unavailable(f"the GeoPackage is busy: {exc}") from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            lock.release()
+
     def ping(self) -> bool:
         try:
             self.connection().execute("SELECT 1 FROM gpkg_contents LIMIT 1").fetchall()
@@ -2022,34 +2048,16 @@ class GeoPackageProvider(FeatureProvider):
     def _write(self, work: Callable[[sqlite3.Connection, list], Any]) -> Any:
         """Run ``work(conn, written_bounds)`` in one IMMEDIATE transaction; all or nothing."""
         self.require_editable()
-        lock = self.gpkg.write_lock()
-        if not lock.acquire(timeout=self.gpkg.busy_timeout_ms / 1000):
-            raise Unavailable("the GeoPackage is busy with other writes")
         try:
-            return self._transaction(work)
-        finally:
-            lock.release()
-
-    def _transaction(self, work: Callable[[sqlite3.Connection, list], Any]) -> Any:
-        conn = self.gpkg.connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise Unavailable(f"the GeoPackage is busy: {exc}") from exc
-        try:
-            written: list[tuple[float, float, float, float]] = []
-            result = work(conn, written)
-            self._touch(conn, written)
-            conn.execute("COMMIT")
-            # After the commit: a tile computed meanwhile is cached under the old number.
-            self.gpkg.bump_revision(self._info.table)
-            return result
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, (sqlite3.Error, OverflowError)):
-                raise _write_error(exc) from exc
-            raise
+            with self.gpkg.write_transaction() as conn:
+                written: list[tuple[float, float, float, float]] = []
+                result = work(conn, written)
+                self._touch(conn, written)
+        except (sqlite3.Error, OverflowError) as exc:
+            raise _write_error(exc) from exc
+        # After the commit: a tile computed meanwhile is cached under the old number.
+        self.gpkg.bump_revision(self._info.table)
+        return result
 
     def _apply(self, conn: sqlite3.Connection, op: Write, crs: CRS, written: list) -> StoredFeature | None:
         """One op of a batch, inside the batch's transaction; ``written`` collects new bounds."""

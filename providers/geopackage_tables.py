@@ -122,27 +122,12 @@ class GeoPackageTables(Tables):
     # -- plumbing ------------------------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT under the file's write lock; ROLLBACK on any error."""
-        lock = self.gpkg.write_lock()
-        if not lock.acquire(timeout=self.gpkg.busy_timeout_ms / 1000):
-            raise Unavailable("the GeoPackage is busy with other writes")
+        """One write transaction of the file (``GeoPackage.write_transaction``), errors worded here."""
         try:
-            conn = self.gpkg.connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise Unavailable(f"the GeoPackage is busy: {exc}") from exc
-            try:
+            with self.gpkg.write_transaction() as conn:
                 yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise _error(exc) from exc
-                raise
-        finally:
-            lock.release()
+        except sqlite3.Error as exc:
+            raise _error(exc) from exc
 
     def _read(self, statement: str, params: tuple = ()) -> list[tuple]:
         try:

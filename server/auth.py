@@ -151,7 +151,7 @@ class Auth:
             if self.registry.store_error is not None:
                 return "protected"  # cannot tell whether keys exist: fail closed
             try:
-                self._has_keys = bool(self.store.list("key"))
+                self._has_keys = self.store.count("key") > 0
             except ProviderError:
                 return "protected"
         return "protected" if self._has_keys else "community"

@@ -17,14 +17,12 @@ from __future__ import annotations
 import math
 import re
 from typing import Any
-from urllib.parse import quote
 
-from flask import Response, render_template
+from flask import Response
 from pyproj import Transformer
 
 from providers.errors import InvalidData, InvalidQuery, NotFound
 from providers.store import Record
-from server import __version__
 from server.accounts import Accounts
 from server.auth import current_identity, readable_collection, readable_record
 from server.links import url
@@ -47,12 +45,9 @@ from server.rest_layers import (
 )
 from server.tiles import MAX_COMPOSITE
 from server.viewer import (
-    ASSETS_URL,
-    MAPLIBRE_VERSION,
     TILE_MATRIX_SET,
     bbox_of,
-    colours,
-    geometry_kind,
+    map_page,
     style,
 )
 
@@ -331,44 +326,14 @@ def render_map(map_id: int, fmt: str = "iframe") -> Response:
     record = _map(map_id)
     built = map_style(record)
     members = _map_collections(record)
-    legend = [
-        {
-            "id": coll.id,
-            "title": coll.title,
-            "url": url(f"/collections/{quote(coll.id, safe='')}"),
-            "colour": colours(i).fill,
-            "kind": geometry_kind(coll.provider.schema.geometry_type),
-        }
-        for i, (coll, entry) in enumerate(members)
-        if entry["visible"]
-    ]
-    config = {
-        "style": rest_url(f"/maps/{map_id}/style.json"),
-        "bounds": built["metadata"].get("geoharbor:bounds"),
-        "collections": {
-            coll.id: {
-                "title": coll.title,
-                "url": url(f"/collections/{quote(coll.id, safe='')}"),
-                "idField": coll.provider.schema.id_field,
-            }
-            for coll, _ in members
-        },
-    }
-    title = str(record.body.get("name") or f"map {map_id}")
-    html = render_template(
-        "viewer/map.html",
-        title=title,
-        back_url=rest_url(f"/maps/{map_id}"),
-        home_url=url("/"),
-        favicon=url("/static/img/favicon.ico"),
-        legend=legend,
-        config=config,
-        maplibre_js=url(f"{ASSETS_URL}/vendor/maplibre-gl/maplibre-gl.js", {"v": MAPLIBRE_VERSION}),
-        maplibre_css=url(f"{ASSETS_URL}/vendor/maplibre-gl/maplibre-gl.css", {"v": MAPLIBRE_VERSION}),
-        viewer_js=url(f"{ASSETS_URL}/viewer/map.js", {"v": __version__}),
-        viewer_css=url(f"{ASSETS_URL}/viewer/map.css", {"v": __version__}),
+    return map_page(
+        [coll for coll, _ in members],
+        rest_url(f"/maps/{map_id}/style.json"),
+        str(record.body.get("name") or f"map {map_id}"),
+        rest_url(f"/maps/{map_id}"),
+        bounds=built["metadata"].get("geoharbor:bounds"),
+        legend_ids={coll.id for coll, entry in members if entry["visible"]},
     )
-    return Response(html, mimetype="text/html")
 
 
 # -- OpenAPI ----------------------------------------------------------------------------------

@@ -325,7 +325,7 @@ def collections_style() -> Response:
 def collection_map(cid: str) -> Response:
     coll = _one(cid)
     path = f"/collections/{_segment(cid)}"
-    return _page([coll], url(f"{path}/style.json"), coll.title, url(path))
+    return map_page([coll], url(f"{path}/style.json"), coll.title, url(path))
 
 
 @blueprint.route("/map")
@@ -339,11 +339,23 @@ def collections_map() -> Response:
     else:
         title = "All collections" if args is None else f"{len(collections)} collections"
         back = url("/collections")
-    return _page(collections, url("/style.json", args), title, back)
+    return map_page(collections, url("/style.json", args), title, back)
 
 
-def _page(collections: list[Collection], style_url: str, title: str, back_url: str) -> Response:
-    """The map page; what its script needs travels as JSON, never spliced into code."""
+def map_page(
+    collections: list[Collection],
+    style_url: str,
+    title: str,
+    back_url: str,
+    *,
+    bounds: list[float] | None = None,
+    legend_ids: set[str] | None = None,
+) -> Response:
+    """The map page; what its script needs travels as JSON, never spliced into code.
+
+    ``bounds`` default to the collections' extent, the legend to every collection
+    (a REST map lists only its visible layers there).
+    """
     titles = Counter(c.title for c in collections)
 
     def label(coll: Collection) -> str:
@@ -359,10 +371,11 @@ def _page(collections: list[Collection], style_url: str, title: str, back_url: s
             "kind": geometry_kind(c.provider.schema.geometry_type),
         }
         for i, c in enumerate(collections)
+        if legend_ids is None or c.id in legend_ids
     ]
     config = {
         "style": style_url,
-        "bounds": bbox_of(collections),
+        "bounds": bounds if bounds is not None else bbox_of(collections),
         "collections": {
             c.id: {
                 "title": label(c),
