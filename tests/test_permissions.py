@@ -13,7 +13,9 @@ A protected server of its own (a master key, a SQLite store) with:
   anonymous (READ). ``alice_private``, its layer and ``M2`` are hers alone.
 
 Every case of the matrix is sent by each caller, and every write is checked in the
-data: it landed exactly when it was accepted.
+data: it landed exactly when it was accepted. The account routes (users, roles, keys,
+resource permissions) are in the matrix too; their own rules are tested in
+test_rest_users.py.
 """
 
 from __future__ import annotations
@@ -362,6 +364,27 @@ CASES = [
     Case("REST map with a hidden layer",      "401   403   422   201   201   422",
          "POST", "/rest/1/maps",
          body=lambda t: {"name": t, "layers": ["{alice_private_layer}"]}, lands=("new", "maps")),
+    # REST users, roles, keys and the permissions of resources
+    Case("REST list users",                   "401   403   403   200   403   403",
+         "GET", "/rest/1/users"),
+    Case("REST create user",                  "401   403   403   201   403   403",
+         "POST", "/rest/1/users", body=lambda t: {"username": t, "email": f"{t}@example.org"},
+         lands=("account", "users")),
+    Case("REST the caller as a user",         "401   200   200   200   200   200",
+         "GET", "/rest/1/users/me"),
+    Case("REST list roles",                   "401   200   200   200   200   200",
+         "GET", "/rest/1/roles"),
+    Case("REST create role",                  "401   403   403   201   403   403",
+         "POST", "/rest/1/roles", body=lambda t: {"name": t}, lands=("account", "roles")),
+    Case("REST list own keys",                "401   403   200   200   200   200",
+         "GET", "/rest/1/keys"),
+    Case("REST create own key",               "401   403   201   201   201   201",
+         "POST", "/rest/1/keys", body=lambda t: {"scopes": ["read"], "description": t},
+         lands=("account", "keys")),
+    Case("REST permissions of shared map",    "401   403   403   200   200   403",
+         "GET", "/rest/1/resources/{M}/permissions"),
+    Case("REST permissions of owner's map",   "404   404   404   200   200   404",
+         "GET", "/rest/1/resources/{M2}/permissions"),
 ]
 # fmt: on
 
@@ -395,6 +418,11 @@ def _landed(world: World, pg: psycopg.Connection, case: Case, token: str) -> boo
         return ok(send(world, "admin", "GET", f"/rest/1/layers/{world.ids[what]}"))["title"] == token
     if kind == "map_name":
         return ok(send(world, "admin", "GET", f"/rest/1/maps/{world.ids[what]}"))["name"] == token
+    if kind == "account":  # users, roles, keys: as the admin sees them all
+        listed = ok(send(world, "admin", "GET", f"/rest/1/{what}?perpage=1000"))["data"]
+        return any(
+            token in (item.get("username"), item.get("name"), item.get("description")) for item in listed
+        )
     listed = ok(send(world, "admin", "GET", f"/rest/1/{what}?perpage=1000&connection_id=pg"))["data"]
     return any(item["name"] == token for item in listed)
 
