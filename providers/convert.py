@@ -26,7 +26,7 @@ from pyproj import CRS
 
 from providers.errors import InvalidData, InvalidQuery
 from providers.export import zip_outputs
-from providers.files import Layer, open_options
+from providers.files import Layer, open_arrow
 
 #: Features per record batch (and held in memory at once).
 BATCH = 20_000
@@ -74,9 +74,7 @@ def convert(path: Path, layer: Layer, source_driver: str, fmt: str, directory: P
         raise InvalidQuery(f"unknown export format {fmt[:20]!r}; use one of {', '.join(FORMATS)}")
     target = directory / f"{name}.{target_format.extension}"
     try:
-        with pyogrio.raw.open_arrow(
-            path, layer=layer.source_layer, batch_size=BATCH, use_pyarrow=True, **open_options(path)
-        ) as (meta, reader):
+        with open_arrow(path, layer.source_layer, BATCH) as (meta, reader):
             column = meta["geometry_name"] or "wkb_geometry"
             has_geometry = column in reader.schema.names
             if target_format.driver is None:

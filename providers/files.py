@@ -19,13 +19,16 @@ import shutil
 import stat
 import struct
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pyogrio
 import pyogrio.raw
 import shapely
@@ -35,10 +38,13 @@ from pyproj.exceptions import CRSError
 
 from providers.errors import InvalidData, InvalidQuery, ProviderError
 
-#: Extensions of files GDAL may open as a vector dataset (others are sidecars or ignored).
+#: GeoParquet files, read with pyarrow (the GDAL of the wheels has no Parquet driver).
+PARQUET_EXTENSIONS = frozenset({".parquet", ".geoparquet"})
+#: Extensions of files GDAL (pyarrow for GeoParquet) may open as vector data (others: sidecars, ignored).
 SPATIAL_EXTENSIONS = frozenset(
     {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".csv", ".kml", ".kmz", ".gpx", ".gml", ".xml", ".sqlite"}
     | {".geojsonl", ".geojsons", ".tab", ".mif", ".dxf", ".gdb"}
+    | PARQUET_EXTENSIONS
 )
 #: The files a Shapefile needs besides its .shp, and those it may have.
 SHAPEFILE_REQUIRED = (".shx", ".dbf")
@@ -53,6 +59,12 @@ CSV_OPTIONS = {
 #: Zip members at most, so that a directory listing stays small.
 MAX_MEMBERS = 10_000
 _CHUNK = 1 << 20
+
+
+class NoSpatialData(InvalidData):
+    """Nothing in the files is in a spatial format this server reads (the importer's NO_FORMAT)."""
+
+    code = "NoSpatialData"
 
 
 class TooLarge(ProviderError):
@@ -204,6 +216,9 @@ def detect(directory: Path) -> list[SpatialFile]:
         relative = path.relative_to(directory).as_posix()
         if path.suffix.lower() == ".shp":
             check_shapefile(path)
+        if is_parquet(path):
+            found.append(describe_parquet(path, relative, taken))
+            continue
         options = open_options(path)
         try:
             info_layers = pyogrio.list_layers(path)  # takes no open options
@@ -230,7 +245,7 @@ def detect(directory: Path) -> list[SpatialFile]:
             found.append(SpatialFile(relative, driver, layers))
     if not found:
         names = ", ".join(sorted(p.name for p in directory.rglob("*") if p.is_file())[:10]) or "no file"
-        raise InvalidData(f"no spatial data in a format this server reads ({names})")
+        raise NoSpatialData(f"no spatial data in a format this server reads ({names})")
     return found
 
 
@@ -274,6 +289,117 @@ def check_shapefile(path: Path) -> None:
             raise InvalidData(f"{part.name!r} is truncated: {size} bytes of the {declared} its header says")
 
 
+# -- GeoParquet -----------------------------------------------------------------------------------
+def is_parquet(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in PARQUET_EXTENSIONS
+
+
+def _geo_metadata(path: Path) -> tuple[pq.ParquetFile, dict[str, Any], dict[str, Any]]:
+    """The file, its ``geo`` metadata and its primary geometry column; InvalidData if not GeoParquet."""
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidData(f"{path.name!r} cannot be read as Parquet: {str(exc)[:200]}") from exc
+    raw = (parquet.schema_arrow.metadata or {}).get(b"geo")
+    try:
+        geo = orjson.loads(raw) if raw else None
+        column = geo["columns"][geo["primary_column"]] if geo else None
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InvalidData(f"{path.name!r} has damaged GeoParquet metadata") from exc
+    if column is None or column.get("encoding", "WKB").upper() != "WKB":
+        raise InvalidData(f"{path.name!r} is not GeoParquet with WKB geometries (its 'geo' metadata)")
+    return parquet, geo, column
+
+
+def _parquet_crs(column: dict[str, Any]) -> str | None:
+    """``EPSG:<code>`` of a GeoParquet column's CRS: PROJJSON, absent (OGC:CRS84) or null (unknown)."""
+    if "crs" not in column:
+        return "EPSG:4326"
+    if column["crs"] is None:
+        return None
+    try:
+        crs = CRS.from_user_input(column["crs"])
+    except CRSError:
+        return None
+    found = crs.to_epsg(min_confidence=70)
+    return f"EPSG:{found}" if found else crs.to_wkt()
+
+
+def describe_parquet(path: Path, relative: str, taken: set[str]) -> SpatialFile:
+    """A GeoParquet file as one layer: geometry type, row count and CRS from its metadata."""
+    parquet, _geo, column = _geo_metadata(path)
+    types = column.get("geometry_types") or []
+    layer = Layer(
+        name=_unique(path.stem, taken),
+        geometry_type=types[0] if len(types) == 1 else "Unknown",
+        feature_count=parquet.metadata.num_rows,
+        file=relative,
+        source_layer=path.stem,
+        crs=_parquet_crs(column),
+    )
+    return SpatialFile(relative, "Parquet", [layer])
+
+
+@contextmanager
+def open_arrow(
+    path: str | Path, layer: str | None, batch_size: int, options: dict[str, str] | None = None
+) -> Iterator[tuple[dict[str, Any], Any]]:
+    """(metadata, record batch reader) of a layer, as :func:`pyogrio.raw.open_arrow` gives them.
+
+    GeoParquet is read with pyarrow; its metadata is given in pyogrio's keys
+    (``geometry_name``, ``geometry_type``, ``crs``). Everything else goes through GDAL,
+    with ``options`` (default: :func:`open_options`).
+    """
+    if not is_parquet(path):
+        options = open_options(path) if options is None else options
+        with pyogrio.raw.open_arrow(
+            path, layer=layer, batch_size=batch_size, use_pyarrow=True, **options
+        ) as opened:
+            yield opened
+        return
+    parquet, geo, column = _geo_metadata(Path(path))
+    types = column.get("geometry_types") or []
+    meta = {
+        "geometry_name": geo["primary_column"],
+        "geometry_type": types[0] if len(types) == 1 else "Unknown",
+        "crs": _parquet_crs(column),
+    }
+    reader = pa.RecordBatchReader.from_batches(
+        parquet.schema_arrow, parquet.iter_batches(batch_size=batch_size)
+    )
+    try:
+        yield meta, reader
+    finally:
+        parquet.close()
+
+
+def bounds(path: Path, layer: str | None) -> tuple[tuple[float, float, float, float] | None, str | None]:
+    """The layer's extent in its own CRS and that CRS (None, None when unknown or empty)."""
+    if is_parquet(path):
+        _parquet, _geo, column = _geo_metadata(path)
+        box = column.get("bbox")
+        if box and len(box) >= 4:
+            half = len(box) // 2
+            return (box[0], box[1], box[half], box[half + 1]), _parquet_crs(column)
+        found = np.array([np.inf, np.inf, -np.inf, -np.inf])
+        with open_arrow(path, layer, 65_536) as (meta, reader):
+            for batch in reader:
+                b = shapely.total_bounds(
+                    shapely.from_wkb(batch.column(meta["geometry_name"]).to_numpy(False))
+                )
+                if not np.isnan(b).any():
+                    found = np.concatenate([np.minimum(found[:2], b[:2]), np.maximum(found[2:], b[2:])])
+        return (None if np.isinf(found).any() else tuple(float(v) for v in found)), meta["crs"]  # type: ignore[return-value]
+    try:
+        info = pyogrio.read_info(path, layer=layer, force_total_bounds=True, **open_options(path))
+    except (DataSourceError, DataLayerError):
+        return None, None
+    total = info.get("total_bounds")
+    if total is None or any(v != v for v in total):  # NaN: no feature
+        return None, crs_name(info.get("crs"))
+    return tuple(float(v) for v in total), crs_name(info.get("crs"))  # type: ignore[return-value]
+
+
 def crs_name(crs: str | None) -> str | None:
     """``EPSG:<code>`` for a CRS GDAL reported (an authority string or WKT), else its text; None if none."""
     if not crs:
@@ -302,6 +428,8 @@ def count(path: Path, layer: Layer, bbox: tuple[float, float, float, float] | No
     """How many features of ``layer`` intersect ``bbox`` (lon/lat), streamed without their data."""
     if bbox is None:
         return layer.feature_count
+    if is_parquet(path):
+        return sum(len(rows) for rows, _batch, _geometry in _parquet_matches(path, layer, bbox))
     total = 0
     with pyogrio.raw.open_arrow(
         path,
@@ -332,19 +460,11 @@ def read_page(
     """GeoJSON features (lon/lat) of ``layer`` from ``offset``, at most ``limit``, within ``bbox``."""
     if bbox is not None and (bbox[0] > bbox[2] or bbox[1] > bbox[3]):
         raise InvalidQuery("bbox must be minx,miny,maxx,maxy with min <= max")
-    try:
-        meta, fids, wkb, values = pyogrio.raw.read(
-            path,
-            layer=layer.source_layer,
-            skip_features=offset,
-            max_features=limit,
-            bbox=_layer_bbox(layer, bbox) if bbox is not None else None,
-            return_fids=True,
-            datetime_as_string=True,
-            **open_options(path),
-        )
-    except (DataSourceError, DataLayerError) as exc:
-        raise InvalidData(f"layer {layer.name!r} cannot be read: {_gdal_message(exc)}") from exc
+    if is_parquet(path):
+        names, fids, wkb, values = _parquet_page(path, layer, offset, limit, bbox)
+        meta = {"fields": names}
+    else:
+        meta, fids, wkb, values = _gdal_page(path, layer, offset, limit, bbox)
     geometries = shapely.from_wkb(wkb) if wkb is not None else np.full(len(fids), None, dtype=object)
     transformer = _to_wgs84(layer.crs)
     if transformer is not None and wkb is not None:
@@ -366,6 +486,75 @@ def read_page(
             }
         )
     return features
+
+
+def _gdal_page(
+    path: Path, layer: Layer, offset: int, limit: int, bbox: tuple[float, float, float, float] | None
+) -> tuple[Any, ...]:
+    """(meta, fids, wkb, values) of a page, read by GDAL with its spatial filter."""
+    try:
+        return pyogrio.raw.read(
+            path,
+            layer=layer.source_layer,
+            skip_features=offset,
+            max_features=limit,
+            bbox=_layer_bbox(layer, bbox) if bbox is not None else None,
+            return_fids=True,
+            datetime_as_string=True,
+            **open_options(path),
+        )
+    except (DataSourceError, DataLayerError) as exc:
+        raise InvalidData(f"layer {layer.name!r} cannot be read: {_gdal_message(exc)}") from exc
+
+
+def _parquet_matches(
+    path: Path, layer: Layer, bbox: tuple[float, float, float, float] | None
+) -> Iterator[tuple[np.ndarray, pa.RecordBatch, str]]:
+    """(row numbers, batch, geometry column) of each batch, rows limited to those meeting ``bbox``."""
+    box = shapely.box(*_layer_bbox(layer, bbox)) if bbox is not None else None
+    row = 0
+    with open_arrow(path, layer.source_layer, 65_536) as (meta, reader):
+        column = meta["geometry_name"]
+        for batch in reader:
+            if box is None:
+                rows = np.arange(batch.num_rows)
+            else:
+                geometries = shapely.from_wkb(batch.column(column).to_numpy(zero_copy_only=False))
+                rows = np.flatnonzero(shapely.intersects(geometries, box))
+            yield rows + row, batch.take(pa.array(rows)), column
+            row += batch.num_rows
+
+
+def _parquet_page(
+    path: Path, layer: Layer, offset: int, limit: int, bbox: tuple[float, float, float, float] | None
+) -> tuple[list[str], np.ndarray, np.ndarray | None, list[np.ndarray]]:
+    """A page of a GeoParquet layer as :func:`_gdal_page` gives one (fids: row numbers)."""
+    fids: list[np.ndarray] = []
+    pages: list[pa.RecordBatch] = []
+    skip, wanted, column = offset, limit, ""
+    for rows, batch, geometry_column in _parquet_matches(path, layer, bbox):
+        column = geometry_column
+        if skip >= len(rows):
+            skip -= len(rows)
+            continue
+        taken = batch.slice(skip, wanted)
+        fids.append(rows[skip : skip + wanted])
+        pages.append(taken)
+        wanted -= taken.num_rows
+        skip = 0
+        if wanted <= 0:
+            break
+    if not pages:
+        return [], np.array([], dtype=np.int64), None, []
+    table = pa.Table.from_batches(pages)
+    names = [n for n in table.column_names if n != column]
+    values = []
+    for name in names:
+        data = table.column(name)
+        if pa.types.is_temporal(data.type):
+            data = data.cast(pa.string())  # ISO 8601 text, as GDAL's datetime_as_string gives
+        values.append(np.array(data.to_pylist() + [None], dtype=object)[:-1])  # 1-D even for lists
+    return names, np.concatenate(fids), table.column(column).to_numpy(), values
 
 
 def _json_values(column: np.ndarray) -> list[Any]:

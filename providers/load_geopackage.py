@@ -9,7 +9,10 @@ The table is made as GDAL makes one (see :mod:`providers.geopackage_tables`, who
 helpers write the R-tree, its triggers and GDAL's feature count), with the key ``id``
 and the geometry ``geom``. REPLACE drops the old table and its metadata in the same
 transaction; APPEND checks the file's columns against the table's first, and brings
-geometries into the table's CRS and multi type.
+geometries into the table's CRS and multi type. The indexes a CreateIndexTransform asks
+for are created in the same transaction, named ``<table>_<column>_idx`` or the first
+free variant (SQLite's index names are unique across the file); a column already
+indexed on its own (APPEND) is left as it is.
 """
 
 from __future__ import annotations
@@ -127,6 +130,7 @@ def load_geopackage(
             written += chunk.num_rows
             if progress is not None:
                 progress(written, max(plan.total, written))
+        _create_indexes(conn, table_name, plan.indexes)
         _update_contents(conn, table_name, extent, mode is Mode.APPEND)
     gpkg.bump_revision(table_name)
     return LoadResult(table_name, written, target_srid, plan.geometry_type, plan.columns, mode)
@@ -207,6 +211,27 @@ def _create(conn: sqlite3.Connection, tables: GeoPackageTables, plan: Plan, name
         for statement in count_triggers(name):
             conn.execute(statement)
     return srs_id
+
+
+def _create_indexes(conn: sqlite3.Connection, table: str, columns: tuple[str, ...]) -> None:
+    """A b-tree index on each of ``columns`` that is not yet indexed on its own."""
+    for column in columns:
+        indexed = conn.execute(
+            "SELECT 1 FROM pragma_index_list(?) AS l WHERE l.partial = 0 "
+            "AND (SELECT count(*) FROM pragma_index_info(l.name)) = 1 "
+            "AND (SELECT i.name FROM pragma_index_info(l.name) AS i) = ? COLLATE NOCASE",
+            (table, column),
+        ).fetchone()
+        if indexed is not None:
+            continue
+        base = f"{table}_{column}_idx"
+        name, n = base, 0
+        while _taken(conn, name):
+            n += 1
+            name = f"{base}{n}"
+        conn.execute(
+            _compose("CREATE INDEX {} ON {} ({})", quote_ident(name), quote_ident(table), quote_ident(column))
+        )
 
 
 def _values(values: list[Any], kind: str) -> list[Any]:

@@ -14,6 +14,11 @@ tiles refresh):
   exist there with a type that takes it without loss (checked before loading), and
   geometries are transformed into the table's CRS and promoted to its multi type.
 
+Indexes a CreateIndexTransform asks for are built on the staging table with the others,
+so they exist when the table appears, and take the name ``<table>_<column>_idx`` (or the
+first free variant of it). APPEND, and a REPLACE that keeps the table, build them on
+the table in the same transaction unless it already has an index on that column.
+
 The staging table is committed before the COPY, and its loader holds a session
 advisory lock named after it for as long as it runs. A loader killed mid-way leaves
 that table and nothing else; its lock dies with its connection, so the next load (or
@@ -124,10 +129,11 @@ def load_postgis(
             _create_staging(conn, plan, staging, unlogged=mode is Mode.APPEND)
             written = _copy(conn, plan, staging, progress, batch)
             if mode is not Mode.APPEND:
-                _index(conn, staging)
+                _index(conn, staging, plan.indexes)
             with conn.transaction():
                 if mode is Mode.APPEND:
                     _insert(conn, plan, staging, target, existing)  # type: ignore[arg-type]
+                    _ensure_indexes(conn, target, plan.indexes)
                 else:
                     _swap(conn, plan, staging, target, existing if mode is Mode.REPLACE else None)
                 if revisions:
@@ -234,8 +240,9 @@ def _copy(
     return written
 
 
-def _index(conn: psycopg.Connection, staging: _Target) -> None:
-    """Key, spatial index and statistics, built once over all rows (cheaper than per row)."""
+def _index(conn: psycopg.Connection, staging: _Target, columns: tuple[str, ...]) -> None:
+    """Key, spatial index, the asked-for column indexes and statistics, built once over all rows
+    (cheaper than per row)."""
     conn.execute(
         sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
             staging.ident, sql.Identifier(f"{staging.name}_pkey"), sql.Identifier(ID_COLUMN)
@@ -246,7 +253,52 @@ def _index(conn: psycopg.Connection, staging: _Target) -> None:
             sql.Identifier(f"{staging.name}_geom_idx"), staging.ident, sql.Identifier(GEOMETRY_COLUMN)
         )
     )
+    for n, column in enumerate(columns):
+        conn.execute(
+            sql.SQL("CREATE INDEX {} ON {} ({})").format(
+                sql.Identifier(_staging_index(staging, n)), staging.ident, sql.Identifier(column)
+            )
+        )
     conn.execute(sql.SQL("ANALYZE {}").format(staging.ident))
+
+
+def _staging_index(staging: _Target, n: int) -> str:
+    return f"{staging.name}_c{n}_idx"
+
+
+def _index_name(conn: psycopg.Connection, schema: str, table: str, column: str) -> str:
+    """``<table>_<column>_idx`` cut to 63 characters, or its first variant no relation of ``schema`` has."""
+    base = f"{table}_{column}"[:59]
+    for n in range(1000):
+        name = f"{base}_idx" if n == 0 else f"{base[: 59 - len(str(n))]}_idx{n}"
+        taken = conn.execute(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s",
+            (schema, name),
+        ).fetchone()
+        if taken is None:
+            return name
+    raise Conflict(f"no free name for an index on {table}.{column}")
+
+
+def _ensure_indexes(conn: psycopg.Connection, target: _Target, columns: tuple[str, ...]) -> None:
+    """An index on each of ``columns`` of the existing ``target``, unless it has one on that column alone."""
+    for column in columns:
+        indexed = conn.execute(
+            "SELECT 1 FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s AND i.indnkeyatts = 1 "
+            "AND i.indpred IS NULL AND i.indexprs IS NULL",
+            (target.schema, target.name, column),
+        ).fetchone()
+        if indexed is None:
+            name = _index_name(conn, target.schema, target.name, column)
+            conn.execute(
+                sql.SQL("CREATE INDEX {} ON {} ({})").format(
+                    sql.Identifier(name), target.ident, sql.Identifier(column)
+                )
+            )
 
 
 def _swap(
@@ -261,6 +313,7 @@ def _swap(
             check_append(plan, existing, ASSIGNABLE)
             conn.execute(sql.SQL("TRUNCATE {}").format(target.ident))
             _insert(conn, plan, staging, target, existing)
+            _ensure_indexes(conn, target, plan.indexes)
             return
     try:
         conn.execute(
@@ -284,6 +337,13 @@ def _swap(
                     sql.Identifier(wanted),
                 )
             )
+    for n, column in enumerate(plan.indexes):
+        conn.execute(
+            sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                sql.Identifier(target.schema, _staging_index(staging, n)),
+                sql.Identifier(_index_name(conn, target.schema, target.name, column)),
+            )
+        )
 
 
 def _insert(

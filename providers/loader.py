@@ -12,6 +12,10 @@ What both backends share is here: the plan of a load (:class:`Plan`), the update
 and the geometry bytes: GDAL hands ISO WKB; a layer that declares a multi type may still
 hold single geometries (Shapefiles never distinguish them, GeoJSON mixes them), which
 are wrapped into a one-part multi so that every row fits the declared column type.
+
+A load may carry the importer's transforms (:mod:`providers.transforms`): the plan is
+then that of the data *after* them (columns, geometry type, CRS, indexes to build),
+and :meth:`Plan.batches` yields transformed batches, still one at a time.
 """
 
 from __future__ import annotations
@@ -21,16 +25,15 @@ import shutil
 import struct
 import tempfile
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyogrio
-import pyogrio.raw
 from pyogrio.errors import DataLayerError, DataSourceError
 from pyproj import CRS
 from pyproj.exceptions import CRSError
@@ -38,6 +41,9 @@ from pyproj.exceptions import CRSError
 from providers import files
 from providers.errors import InvalidData, InvalidQuery, NotFound
 from providers.tables import RESERVED_COLUMNS, check_name
+
+if TYPE_CHECKING:
+    from providers.transforms import Step, Transform
 
 #: Features per record batch: held in memory at once, and the progress step.
 BATCH = 10_000
@@ -118,6 +124,9 @@ class Plan:
     dimensions: str  # "", "Z", "M" or "ZM"
     srid: int
     total: int
+    steps: tuple[Step, ...] = ()  # the transforms, bound to this layer, in chain order
+    indexes: tuple[str, ...] = ()  # columns to give a b-tree index (CreateIndexTransform)
+    options: tuple[tuple[str, str], ...] | None = None  # GDAL open options; None: the file's usual ones
 
     @property
     def base_type(self) -> str:
@@ -131,16 +140,17 @@ class Plan:
         return code if code in _MULTI_OF.values() else None
 
     def batches(self, size: int = BATCH) -> Iterator[pa.RecordBatch]:
-        """The layer's features, ``size`` at a time, as GDAL reads them."""
+        """The layer's features, ``size`` at a time, as GDAL reads them and the transforms change them."""
+        options = dict(self.options) if self.options is not None else files.open_options(self.path)
         try:
-            with pyogrio.raw.open_arrow(
-                self.path,
-                layer=self.layer.source_layer,
-                batch_size=size,
-                use_pyarrow=True,
-                **files.open_options(self.path),
-            ) as (_meta, reader):
-                yield from reader
+            with files.open_arrow(self.path, self.layer.source_layer, size, options) as (_meta, reader):
+                row = 0
+                for read in reader:
+                    batch = read
+                    for step in self.steps:
+                        batch = step(batch, row)
+                    row += read.num_rows
+                    yield batch
         except (DataSourceError, DataLayerError, OSError) as exc:
             raise InvalidData(f"{self.path.name!r} cannot be read: {str(exc)[:300]}") from exc
 
@@ -167,6 +177,7 @@ def load(
     progress: Progress | None = None,
     srs: str | int | None = None,
     batch: int = BATCH,
+    transforms: Sequence[Transform] = (),
 ) -> LoadResult:
     """Write ``layer`` of the file at ``source_path`` into ``table`` of ``target``.
 
@@ -175,6 +186,8 @@ def load(
     :class:`~providers.geopackage.GeoPackage`. ``table`` defaults to the layer's name
     made a safe identifier. ``srs`` (``EPSG:n`` or n) declares the data's CRS, needed
     when the file has none (:class:`NoCRS` otherwise); it does not reproject.
+    ``transforms`` run in order on every batch (:mod:`providers.transforms`); one that
+    fails leaves no table behind.
 
     Readers never see part of a load: the rows appear at once or not at all. The
     caller publishes the table (a layer record) and, after REPLACE/APPEND of a
@@ -185,7 +198,7 @@ def load(
     mode = parse_mode(mode)
     if batch < 1:
         raise InvalidQuery("the batch size must be positive")
-    with open_plan(source_path, layer, srs) as plan:
+    with open_plan(source_path, layer, srs, transforms) as plan:
         name = table if table is not None else default_table(plan.layer.name)
         if isinstance(target, PostGISDatabase):
             from providers.load_postgis import load_postgis
@@ -205,9 +218,11 @@ def parse_mode(mode: Mode | str) -> Mode:
 
 # -- opening the file --------------------------------------------------------------------------
 @contextmanager
-def open_plan(source_path: str | Path, layer: str | None, srs: str | int | None) -> Iterator[Plan]:
+def open_plan(
+    source_path: str | Path, layer: str | None, srs: str | int | None, transforms: Sequence[Transform] = ()
+) -> Iterator[Plan]:
     """The plan of loading ``layer`` of a file, a directory or a zip (unpacked to a temporary
-    directory that lives as long as the context)."""
+    directory that lives as long as the context), after ``transforms``."""
     path = Path(source_path)
     if not path.exists():
         raise NotFound(f"no file {str(source_path)[:200]!r}")
@@ -223,9 +238,9 @@ def open_plan(source_path: str | Path, layer: str | None, srs: str | int | None)
             found = files.detect(root)
         else:
             root = path.parent
-            found = [_describe_file(path)]
+            found = [describe_file(path)]
         chosen = _choose(found, layer)
-        yield _plan(root / chosen.file, chosen, found_driver(found, chosen), srs)
+        yield _plan(root / chosen.file, chosen, found_driver(found, chosen), srs, transforms)
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -235,10 +250,12 @@ def found_driver(found: list[files.SpatialFile], layer: files.Layer) -> str:
     return next(f.driver for f in found if f.file == layer.file)
 
 
-def _describe_file(path: Path) -> files.SpatialFile:
+def describe_file(path: Path) -> files.SpatialFile:
     """One file's layers, as :func:`providers.files.detect` describes those of a directory."""
     if path.suffix.lower() == ".shp":
         files.check_shapefile(path)
+    if files.is_parquet(path):
+        return files.describe_parquet(path, path.name, set())
     options = files.open_options(path)
     try:
         layers = []
@@ -279,44 +296,69 @@ def _choose(found: list[files.SpatialFile], layer: str | None) -> files.Layer:
     raise NotFound(f"no layer {layer[:100]!r} in the file (layers: {names})")
 
 
-def _plan(path: Path, layer: files.Layer, driver: str, srs: str | int | None) -> Plan:
+def _plan(
+    path: Path, layer: files.Layer, driver: str, srs: str | int | None, transforms: Sequence[Transform]
+) -> Plan:
+    from providers.transforms import Layout, builds_geometry, chain, source_crs
+
+    options = files.open_options(path)
+    if builds_geometry(transforms):
+        # The chain makes the points from named columns: GDAL must leave them as attributes.
+        options = {k: v for k, v in options.items() if k not in ("X_POSSIBLE_NAMES", "Y_POSSIBLE_NAMES")}
     try:
-        with pyogrio.raw.open_arrow(
-            path, layer=layer.source_layer, batch_size=1, use_pyarrow=True, **files.open_options(path)
-        ) as (meta, reader):
+        with files.open_arrow(path, layer.source_layer, 1, options) as (meta, reader):
             arrow_schema = reader.schema
     except (DataSourceError, DataLayerError) as exc:
         raise InvalidData(f"{path.name!r} cannot be read: {str(exc)[:300]}") from exc
     geometry_column = meta.get("geometry_name") or ("wkb_geometry" if meta.get("geometry_type") else None)
-    if geometry_column is None or geometry_column not in arrow_schema.names:
+    if geometry_column not in arrow_schema.names:
+        geometry_column = None
+    if geometry_column is None and not transforms:
         raise InvalidData(f"layer {layer.name!r} has no geometry")
-    srid = _srid(srs, layer.crs)
+    declared = source_crs(transforms)
+    crs = declared if declared is not None else _crs_text(srs) if srs is not None else layer.crs
     geometry_type, dimensions = _geometry_type(meta.get("geometry_type"), driver)
     taken: set[str] = set()
     columns = []
     for field in arrow_schema:
         if field.name == geometry_column:
             continue
-        columns.append(Column(safe_name(field.name, taken), field.name, _kind(field.type)))
+        columns.append(Column(safe_name(field.name, taken), field.name, kind_of_arrow(field.type)))
+    start = Layout(arrow_schema, tuple(columns), geometry_column, geometry_type, dimensions, crs)
+    done, steps = chain(start, transforms)
+    if done.geometry_column is None:
+        raise InvalidData(f"layer {layer.name!r} has no geometry")
     return Plan(
         path=path,
         layer=layer,
-        columns=tuple(columns),
-        geometry_column=geometry_column,
-        geometry_type=geometry_type,
-        dimensions=dimensions,
-        srid=srid,
+        columns=done.columns,
+        geometry_column=done.geometry_column,
+        geometry_type=done.geometry_type,
+        dimensions=done.dimensions,
+        srid=_srid(done.crs),
         total=layer.feature_count,
+        steps=steps,
+        indexes=done.indexes,
+        options=tuple(options.items()),
     )
 
 
-def _srid(srs: str | int | None, found: str | None) -> int:
-    """The EPSG code to store: the one given, else the file's; NoCRS when neither says."""
-    text = str(srs) if srs is not None else found
-    if text is None:
-        raise NoCRS("the file does not say its coordinate reference system: give one (srs, e.g. EPSG:4326)")
+def _crs_text(srs: str | int) -> str:
+    """The CRS a caller declared (``EPSG:n``, n, or anything PROJ reads); InvalidData if unknown."""
+    text = str(srs)
     if text.isdigit():
         text = f"EPSG:{text}"
+    try:
+        CRS.from_user_input(text)
+    except CRSError as exc:
+        raise InvalidData(f"unknown coordinate reference system {text[:100]!r}") from exc
+    return text
+
+
+def _srid(text: str | None) -> int:
+    """The EPSG code to store for the data's CRS; NoCRS when it is unknown or matches no code."""
+    if text is None:
+        raise NoCRS("the file does not say its coordinate reference system: give one (srs, e.g. EPSG:4326)")
     try:
         code = CRS.from_user_input(text).to_epsg(min_confidence=70)
     except CRSError as exc:
@@ -342,7 +384,7 @@ def _geometry_type(declared: str | None, driver: str) -> tuple[str, str]:
     return base + dimensions, dimensions
 
 
-def _kind(data_type: pa.DataType) -> str:
+def kind_of_arrow(data_type: pa.DataType) -> str:
     """The column kind of an Arrow type (lists, structs ... are kept as JSON text)."""
     t = pa.types
     if t.is_boolean(data_type):

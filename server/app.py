@@ -16,6 +16,7 @@ from server import (
     errors,
     features,
     health,
+    importer,
     mapfish,
     ogc,
     ratelimit,
@@ -107,6 +108,9 @@ def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
     mapfish_prefix = config["mapfish"]["prefix"]
     app.register_blueprint(mapfish.blueprint, url_prefix=mapfish_prefix)
     errors.use_format(app, mapfish_prefix, mapfish.mapfish_error)
+    imports_prefix = config["imports"]["prefix"]
+    app.register_blueprint(importer.blueprint, url_prefix=imports_prefix)
+    errors.use_format(app, imports_prefix, importer.importer_error)
     app.register_blueprint(datasets.blueprint)
     errors.use_format(app, "/datasets", datasets.detail_error)
     errors.use_format(app, "/api/portal", datasets.detail_error)

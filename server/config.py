@@ -192,6 +192,21 @@ _SCHEMA: dict[str, Any] = {
                 "max_unpacked_mb": {"type": "number", "exclusiveMinimum": 0},
             },
         },
+        "imports": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "the importer (GeoServer importer REST API)",
+            "properties": {
+                "prefix": {"type": "string", "pattern": r"^/[A-Za-z0-9_./-]*[A-Za-z0-9_]$"},
+                "path": {"type": "string", "minLength": 1, "description": "directory of imported files"},
+                "roots": {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1},
+                    "description": "server directories admins may import files from by path",
+                },
+                "remote_timeout_s": {"type": "number", "exclusiveMinimum": 0},
+            },
+        },
         "jobs": {
             "type": "object",
             "additionalProperties": False,
@@ -231,6 +246,7 @@ TILE_DEFAULTS: dict[str, Any] = {"cache_mb": 64, "max_age": 0, "empty": "204", "
 REST_DEFAULTS: dict[str, Any] = {"prefix": "/rest/1", "perpage_max": 1000}
 MAPFISH_DEFAULTS: dict[str, Any] = {"prefix": "/mapfish", "limit_max": 10_000}
 DATASETS_DEFAULTS: dict[str, Any] = {"max_upload_mb": 2048, "max_unpacked_mb": 8192}
+IMPORTS_DEFAULTS: dict[str, Any] = {"prefix": "/imports", "roots": [], "remote_timeout_s": 30}
 JOBS_DEFAULTS: dict[str, Any] = {"workers": 1, "concurrency": 1, "heartbeat_s": 5, "lost_after_s": 60}
 COLLECTION_TILE_DEFAULTS: dict[str, Any] = {
     "minzoom": 0,
@@ -298,6 +314,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         "rest": {**REST_DEFAULTS, **raw.get("rest", {})},
         "mapfish": {**MAPFISH_DEFAULTS, **raw.get("mapfish", {})},
         "jobs": {**JOBS_DEFAULTS, **raw.get("jobs", {})},
+        "imports": {**IMPORTS_DEFAULTS, **raw.get("imports", {})},
     }
     for name, coll in config["collections"].items():
         source = config["sources"].get(coll["source"])
@@ -381,4 +398,8 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     datasets = config["datasets"]
     if not os.path.isabs(datasets["path"]):
         datasets["path"] = str((file.parent / datasets["path"]).resolve())
+    imports = config["imports"]
+    if "path" in imports and not os.path.isabs(imports["path"]):
+        imports["path"] = str((file.parent / imports["path"]).resolve())
+    imports["roots"] = [str((file.parent / root).resolve()) for root in imports["roots"]]
     return config

@@ -193,11 +193,10 @@ class Jobs:
                 self._opened_pid = os.getpid()
             return self._app
 
-    def defer(self, name: str, args: dict[str, Any] | None = None, owner: str | None = None) -> str:
-        """Record a PENDING job of task ``name`` and have it run; returns its id (a uuid)."""
+    def _record(self, name: str, args: dict[str, Any] | None, owner: Any, runner: str) -> Record:
+        """A PENDING job record of task ``name``."""
         if name not in TASKS:
             raise InvalidQuery(f"unknown task {name[:100]!r}")
-        job_id = str(uuid.uuid4())
         now = time.time()
         body = {
             "kind": name,
@@ -208,13 +207,30 @@ class Jobs:
             "result": None,
             "owner": owner,
             "worker": None,
-            "runner": "thread" if self.embedded else "queue",
+            "runner": runner,
             "created_at": now,
             "started_at": None,
             "finished_at": None,
             "heartbeat": now,
         }
-        record = self.store.insert(KIND, body, key=job_id)
+        return self.store.insert(KIND, body, key=str(uuid.uuid4()))
+
+    def defer(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        owner: Any = None,
+        before: Callable[[str], None] | None = None,
+    ) -> str:
+        """Record a PENDING job of task ``name`` and have it run; returns its id (a uuid).
+
+        ``before`` is called with the id once the job is recorded and before it can
+        start: the place to note the job where its outcome will be looked for.
+        """
+        record = self._record(name, args, owner, "thread" if self.embedded else "queue")
+        job_id, body = str(record.key), record.body
+        if before is not None:
+            before(job_id)
         try:
             if self.embedded:
                 threading.Thread(
@@ -228,6 +244,25 @@ class Jobs:
             )
             raise Unavailable(f"the job queue is unavailable: {exc}") from exc
         return job_id
+
+    def run_now(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        owner: Any = None,
+        before: Callable[[str], None] | None = None,
+    ) -> str:
+        """Record a job of task ``name`` and run it in this thread (a request that waits for it).
+
+        The same record, heartbeat and lost-runner rule as a queued job: a process killed
+        while running it leaves the job to be marked FAILED. Returns the job's id once it
+        has ended; how it ended is in its record. ``before`` as for :meth:`defer`.
+        """
+        record = self._record(name, args, owner, "inline")
+        if before is not None:
+            before(str(record.key))
+        self._run_here(str(record.key))
+        return str(record.key)
 
     def _run_here(self, job_id: str) -> None:
         try:
@@ -342,6 +377,7 @@ def run_worker(
     config: dict[str, Any], concurrency: int | None = None, queues: list[str] | None = None
 ) -> None:
     """Run a procrastinate worker for geoharbor's tasks until SIGINT/SIGTERM (``geoharbor worker``)."""
+    from server import imports  # noqa: F401 - registers the importer's task
     from server.registry import Registry
 
     if "source" not in config["store"]:

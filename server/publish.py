@@ -29,6 +29,7 @@ def publish_loaded(
     mode: loader.Mode,
     title: str | None = None,
     collection: str | None = None,
+    owner: int | None = None,
 ) -> Record:
     """Publish a loaded table as a layer, or republish its layer (new columns, new extent).
 
@@ -52,6 +53,7 @@ def publish_loaded(
                 "name": table,
                 "title": title or table,
                 "editable": False,
+                **({"owner": owner} if owner is not None else {}),
             }
         )
     except BaseException:

@@ -195,7 +195,16 @@ def server_config(pg_url: str, gpkg_path: Path, port: int) -> dict:
             "gpkg": {"type": "geopackage", "path": str(gpkg_path)},
         },
         "collections": collections,
+        # Server-side files an admin may import by path (tests put them there).
+        "imports": {"roots": [str(import_root(gpkg_path))]},
     }
+
+
+def import_root(gpkg_path: Path) -> Path:
+    """The directory the session server's importer may read files from by path."""
+    root = gpkg_path.parent / "import-root"
+    root.mkdir(exist_ok=True)
+    return root
 
 
 #: Headless Chromium as this machine can run it (as root, no network, no desktop services).

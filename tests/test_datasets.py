@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 import pyogrio
 import pyogrio.raw
@@ -22,76 +21,17 @@ import pytest
 import requests
 import shapely
 from conftest import Server, free_port, server_config
+from sample_files import sample_files
 
 from providers.store import SQLiteStore
 from server.auth import key_digest, new_key
-from server.demo import natural_earth_countries
 
 TIMEOUT = 60
-#: Countries around France, written in Lambert 93 for the Shapefile.
-FRANCE_AREA = (-5.0, 41.0, 10.0, 52.0)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Test files of every format, from Natural Earth; keyed by format."""
-    out = tmp_path_factory.mktemp("dataset-files")
-    meta, _fids, wkb, values = pyogrio.raw.read(natural_earth_countries())
-    names = list(meta["fields"])
-    polygons = shapely.from_wkb(wkb)
-    points = shapely.to_wkb(shapely.point_on_surface(polygons))
-    made: dict[str, Path] = {}
-
-    def write(name: str, driver: str, geoms: Any, geometry_type: str, **kwargs: Any) -> Path:
-        path = out / name
-        pyogrio.raw.write(
-            path,
-            np.asarray(geoms, dtype=object),
-            values,
-            names,
-            driver=driver,
-            crs=kwargs.pop("crs", "EPSG:4326"),
-            geometry_type=geometry_type,
-            **kwargs,
-        )
-        return path
-
-    gpkg = write("two.gpkg", "GPKG", wkb, "MultiPolygon", layer="countries", promote_to_multi=True)
-    write("two.gpkg", "GPKG", points, "Point", layer="points", append=True)
-    made["gpkg"] = gpkg
-    made["geojson"] = write("points.geojson", "GeoJSON", points, "Point")
-    made["fgb"] = write("points.fgb", "FlatGeobuf", points, "Point")
-    made["csv"] = write("points.csv", "CSV", points, "Point", layer_options={"GEOMETRY": "AS_WKT"})
-    made["kml"] = write("points.kml", "KML", points, "Point")
-    made["gml"] = write("points.gml", "GML", points, "Point")
-    made["gpx"] = write(
-        "points.gpx", "GPX", points, "Point", layer="waypoints", dataset_options={"GPX_USE_EXTENSIONS": "YES"}
-    )
-    # A Shapefile in Lambert 93 (EPSG:2154), zipped with its .shx, .dbf, .prj and .cpg.
-    near = shapely.intersects(polygons, shapely.box(*FRANCE_AREA))
-    from pyproj import Transformer
-
-    to_l93 = Transformer.from_crs(4326, 2154, always_xy=True)
-    l93 = shapely.transform(polygons[near], lambda xy: np.column_stack(to_l93.transform(xy[:, 0], xy[:, 1])))
-    shp_dir = out / "shp"
-    shp_dir.mkdir()
-    pyogrio.raw.write(
-        shp_dir / "france.shp",
-        np.asarray(shapely.to_wkb(l93), dtype=object),
-        [v[near] for v in values],
-        names,
-        driver="ESRI Shapefile",
-        crs="EPSG:2154",
-        geometry_type="Polygon",
-        layer_options={"ENCODING": "UTF-8"},
-    )
-    made["shp"] = out / "france.zip"
-    with zipfile.ZipFile(made["shp"], "w") as zipped:
-        for part in sorted(shp_dir.iterdir()):
-            zipped.write(part, arcname=f"france/{part.name}")
-    made["shp_dir"] = shp_dir
-    made["france_count"] = Path(str(int(near.sum())))  # carried as a path for one dict
-    return made
+    return sample_files(tmp_path_factory.mktemp("dataset-files"))
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +75,7 @@ def entries(root: Path) -> set[str]:
         ("kml", "LIBKML", None, "Point"),  # GDAL prefers libkml's driver when it has it
         ("gml", "GML", "points", "Point"),
         ("gpx", "GPX", "waypoints", "Point"),
+        ("parquet", "Parquet", "points", "Point"),  # GeoParquet, read with pyarrow
     ],
 )
 def test_upload_reports_format_crs_and_layers(world, files, fmt, driver, layer, geometry_type):
@@ -297,6 +238,26 @@ def test_export_every_format_reads_back(world, gpkg_dataset, tmp_path, how, fmt)
     assert info["crs"] == "EPSG:4326"
     assert "name" in list(info["fields"])
     assert info["geometry_type"] in ("MultiPolygon", "Polygon")
+
+
+def test_geoparquet_dataset_pages_by_bbox_and_exports(world, files, tmp_path):
+    """A GeoParquet upload (read with pyarrow) answers bbox pages like GDAL formats and converts."""
+    parquet = created(upload(world, files["parquet"]))
+    geojson = created(upload(world, files["geojson"]))
+    url = world["url"] + "/api/portal/datasets/{}/layers/{}/features"
+    params = {"bbox": "-5,41,10,52", "limit": 1000}
+    from_parquet = requests.get(url.format(parquet["id"], "points"), params=params, timeout=TIMEOUT).json()
+    from_geojson = requests.get(url.format(geojson["id"], "points"), params=params, timeout=TIMEOUT).json()
+    names = sorted(f["properties"]["name"] for f in from_parquet["features"])
+    assert names == sorted(f["properties"]["name"] for f in from_geojson["features"])
+    assert "France" in names and from_parquet["total"] == len(names)
+    response = requests.get(
+        world["url"] + f"/datasets/{parquet['id']}/export", params={"format": "gpkg"}, timeout=TIMEOUT
+    )
+    assert response.status_code == 200, response.text
+    (tmp_path / "out.gpkg").write_bytes(response.content)
+    info = pyogrio.read_info(tmp_path / "out.gpkg")
+    assert info["features"] == 177 and info["crs"] == "EPSG:4326" and info["geometry_type"] == "Point"
 
 
 def test_export_refuses_unknown_format_and_layer(world, files):

@@ -59,12 +59,14 @@ def store_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def raw_config(store_url: str) -> dict[str, Any]:
+def raw_config(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {
         "server": {"bind": f"127.0.0.1:{free_port()}", "workers": 1, "log_level": "WARNING"},
         "sources": {"pg": {"type": "postgis", "url": store_url, "pool_max": 4}},
         "store": {"source": "pg"},
         "jobs": JOBS,
+        # The importer may read the files this module writes by path.
+        "imports": {"roots": [str(tmp_path_factory.getbasetemp())]},
     }
 
 
@@ -224,6 +226,54 @@ def test_workers_share_the_queue_and_a_killed_worker_fails_its_job(
     finally:
         second.terminate()
         second.wait(30)
+
+
+def test_an_import_whose_worker_is_killed_ends_complete_error_and_publishes_nothing(
+    served, jobs, store_url, config_path, many
+):
+    """SIGKILL the worker running an async import mid-load: the import is COMPLETE_ERROR with the
+    worker's loss as its task's message, not RUNNING for ever, and no table or layer exists."""
+    worker = subprocess.Popen([GEOHARBOR, "worker", "-c", str(config_path)], stderr=subprocess.DEVNULL)
+    try:
+        created = requests.post(
+            f"{served}/imports", json={"import": {"data": {"type": "file", "file": str(many)}}}, timeout=30
+        )
+        assert created.status_code == 201, created.text
+        imp = created.json()["import"]
+        task = imp["tasks"][0]
+        assert task["state"] == "READY", task
+        name = _name()
+        renamed = requests.put(task["href"], json={"task": {"layer": {"name": name}}}, timeout=30)
+        assert renamed.status_code == 200, renamed.text
+        assert requests.post(f"{served}/imports/{imp['id']}?async=true", timeout=30).status_code == 204
+
+        job_id = jobs.store.find("import", str(imp["id"])).body["job"]
+        deadline = time.monotonic() + 30
+        while True:
+            progress = requests.get(task["progress"], timeout=10).json()
+            if progress["state"] == "RUNNING" and progress.get("progress", 0) > 0:
+                break
+            assert progress["state"] in ("READY", "RUNNING"), progress
+            assert time.monotonic() < deadline, progress
+            time.sleep(0.05)
+        assert progress["total"] == MANY
+        running = jobs.get(job_id).body
+        os.kill(int(running["worker"].rpartition(":")[2]), signal.SIGKILL)
+
+        deadline = time.monotonic() + 30
+        while True:
+            found = requests.get(f"{served}/imports/{imp['id']}", timeout=10).json()["import"]
+            if found["state"] != "RUNNING":
+                break
+            assert time.monotonic() < deadline, found
+            time.sleep(0.2)
+        assert found["state"] == "COMPLETE_ERROR", found
+        assert "worker lost" in found["tasks"][0]["errorMessage"]
+        assert not _table_exists(store_url, name)
+        assert requests.get(f"{served}/collections/{name}", timeout=10).status_code == 404
+    finally:
+        worker.kill()
+        worker.wait(30)
 
 
 def test_embedded_mode_runs_the_same_task_in_process(tmp_path):
