@@ -88,3 +88,17 @@ class Unavailable(ProviderError):
 
     status = 503
     code = "ServiceUnavailable"
+
+
+class BadGateway(ProviderError):
+    """A remote service behind a collection failed: refused, broke off, or answered an error or garbage."""
+
+    status = 502
+    code = "BadGateway"
+
+
+class GatewayTimeout(ProviderError):
+    """A remote service behind a collection did not answer in time."""
+
+    status = 504
+    code = "GatewayTimeout"

@@ -42,19 +42,16 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import mapbox_vector_tile
 import numpy as np
 import orjson
 import shapely
 from pyproj import CRS as ProjCRS
-from pyproj import Transformer
-from pyproj.exceptions import CRSError, ProjError
-from shapely.geometry.polygon import orient as orient_polygon
+from pyproj.exceptions import CRSError
 
+from providers import mvt, reproject
 from providers.base import (
     MISSING,
     STREAM_BATCH,
@@ -468,7 +465,7 @@ def _dwithin_test(blob: bytes | None, literal: bytes, distance: float, srid: int
         if row is None:
             return None
         if srid != storage:
-            row = _reproject(row, storage, srid)
+            row = reproject.geometries(row, storage, srid)
         return int(shapely.dwithin(_literal(literal).geom, row, distance))
     except (ValueError, TypeError, struct.error, shapely.errors.GEOSException, InvalidQuery):
         return None
@@ -493,88 +490,7 @@ def _register_functions(conn: sqlite3.Connection) -> None:
         conn.create_function(name, nargs, func, deterministic=True)
 
 
-# -- coordinates --------------------------------------------------------------------------
-@lru_cache(maxsize=256)
-def _transformer(src: int, dst: int) -> Transformer:
-    """x/y (lon/lat) order on both sides: GeoPackage stores x first whatever the authority says."""
-    try:
-        return Transformer.from_crs(f"EPSG:{src}", f"EPSG:{dst}", always_xy=True)
-    except (CRSError, ProjError) as exc:
-        raise InvalidQuery(f"cannot transform from EPSG:{src} to EPSG:{dst}") from exc
-
-
-@lru_cache(maxsize=256)
-def _is_geographic(srid: int) -> bool:
-    try:
-        return ProjCRS.from_epsg(srid).is_geographic
-    except CRSError:
-        return False
-
-
-@lru_cache(maxsize=256)
-def _latitude_range(srid: int) -> tuple[float, float] | None:
-    """The latitudes where a CRS is defined (e.g. +-85.06 for web mercator)."""
-    try:
-        area = ProjCRS.from_epsg(srid).area_of_use
-    except CRSError:
-        return None
-    return (area.south, area.north) if area else None
-
-
-def _coordinate_function(
-    src: int, dst: int, swap_in: bool, swap_out: bool, decimals: int | None
-) -> Callable[[np.ndarray], np.ndarray] | None:
-    """One pass over a coordinate array: axis swap in, reprojection, axis swap out, rounding."""
-    transformer = _transformer(src, dst) if src != dst else None
-    if transformer is None and not swap_in and not swap_out and decimals is None:
-        return None
-    clamp = _latitude_range(dst) if transformer is not None and _is_geographic(src) else None
-
-    def apply(coords: np.ndarray) -> np.ndarray:
-        coords = np.array(coords, dtype=float)
-        if swap_in:
-            coords[:, [0, 1]] = coords[:, [1, 0]]
-        if transformer is not None:
-            out = np.column_stack(transformer.transform(*(coords[:, i] for i in range(coords.shape[1]))))
-            bad = ~np.isfinite(out).all(axis=1) & np.isfinite(coords).all(axis=1)
-            if bad.any() and clamp is not None:
-                # Latitudes a projection cannot reach (the poles in web mercator) are
-                # brought to the edge of its area of use instead of failing the page.
-                fixed = coords[bad]
-                fixed[:, 1] = np.clip(fixed[:, 1], clamp[0], clamp[1])
-                out[bad] = np.column_stack(
-                    transformer.transform(*(fixed[:, i] for i in range(fixed.shape[1])))
-                )
-            if not np.isfinite(out[np.isfinite(coords).all(axis=1)]).all():
-                raise InvalidQuery(f"coordinates cannot be transformed from EPSG:{src} to EPSG:{dst}")
-            coords = out
-        if swap_out:
-            coords[:, [0, 1]] = coords[:, [1, 0]]
-        if decimals is not None:
-            coords = np.round(coords, decimals)
-        return coords
-
-    return apply
-
-
-def _reproject(
-    geoms: np.ndarray | shapely.Geometry,
-    src: int,
-    dst: int,
-    *,
-    swap_in: bool = False,
-    swap_out: bool = False,
-    decimals: int | None = None,
-) -> Any:
-    func = _coordinate_function(src, dst, swap_in, swap_out, decimals)
-    if func is None:
-        return geoms
-    try:
-        return shapely.transform(geoms, func, include_z=None)
-    except (ProjError, shapely.errors.GEOSException, ValueError) as exc:
-        raise InvalidQuery(f"coordinates cannot be transformed from EPSG:{src} to EPSG:{dst}") from exc
-
-
+# -- GeoJSON ------------------------------------------------------------------------------
 def _empty_geojson(geom: shapely.Geometry) -> str:
     """GeoJSON of an empty geometry as PostGIS writes it (GEOS writes Polygon as [[]])."""
     kind = geom.geom_type
@@ -592,126 +508,6 @@ def geojson_geometries(geoms: np.ndarray) -> list[str | None]:
         for i in np.flatnonzero(empty):
             out[i] = _empty_geojson(geoms[i])
     return out
-
-
-# -- vector tiles -------------------------------------------------------------------------
-#: shapely type ids of the three MVT geometry families.
-_POINTS, _LINES, _POLYGONS = (0, 4), (1, 2, 5), (3, 6)
-_COLLECTION = 7
-
-
-@lru_cache(maxsize=256)
-def _area_of_use(srid: int, target: int) -> tuple[float, float, float, float] | None:
-    """Where CRS ``srid`` is meant to be used, as a box in CRS ``target``'s x/y units.
-
-    None when PROJ does not know it, or the area crosses the antimeridian (its box would
-    then be the whole world, and clamping to it would achieve nothing).
-    """
-    try:
-        area = ProjCRS.from_epsg(srid).area_of_use
-    except CRSError:
-        return None
-    if area is None or area.west >= area.east:
-        return None
-    try:
-        box = _transformer(4326, target).transform_bounds(
-            area.west, area.south, area.east, area.north, densify_pts=21
-        )
-    except (ProjError, InvalidQuery):
-        return None
-    return box if all(math.isfinite(v) for v in box) and box[0] < box[2] else None
-
-
-def _intersect_box(
-    box: tuple[float, float, float, float], other: tuple[float, float, float, float] | None
-) -> tuple[float, float, float, float] | None:
-    """The overlap of two boxes (``box`` itself when ``other`` is None); None when they are apart."""
-    if other is None:
-        return box
-    minx, miny = max(box[0], other[0]), max(box[1], other[1])
-    maxx, maxy = min(box[2], other[2]), min(box[3], other[3])
-    return (minx, miny, maxx, maxy) if minx < maxx and miny < maxy else None
-
-
-def _flatten_collection(geom: shapely.Geometry) -> shapely.Geometry | None:
-    """A GeometryCollection as one MVT feature: its parts of the highest dimension, as a multi.
-
-    An MVT feature has a single geometry type; collections are rare (GEOMETRY layers,
-    clipping artefacts), so a Python loop over their parts costs nothing that matters.
-    """
-    parts = shapely.get_parts(geom)
-    while parts.size and (shapely.get_type_id(parts) == _COLLECTION).any():
-        parts = shapely.get_parts(parts)
-    parts = parts[~shapely.is_empty(parts)]
-    if not parts.size:
-        return None
-    types = shapely.get_type_id(parts)
-    polygons = parts[np.isin(types, _POLYGONS)]
-    if polygons.size:
-        return shapely.union_all(polygons)  # overlapping parts would make an invalid multipolygon
-    lines = parts[np.isin(types, _LINES)]
-    if lines.size:
-        return shapely.multilinestrings(shapely.get_parts(lines))
-    return shapely.multipoints(shapely.get_parts(parts))
-
-
-def _single_typed(geoms: np.ndarray) -> np.ndarray:
-    """``geoms`` with every GeometryCollection replaced by :func:`_flatten_collection`'s multi."""
-    collections = np.flatnonzero(shapely.get_type_id(geoms) == _COLLECTION)
-    if collections.size:
-        geoms = geoms.copy()
-        for i in collections:
-            geoms[i] = _flatten_collection(geoms[i])
-    return geoms
-
-
-def _snap_to_grid(geoms: np.ndarray) -> np.ndarray:
-    """Geometries on the integer tile grid, with polygons valid as MVT 4.3.4.4 wants them.
-
-    Rounding every vertex is cheap but may leave a ring touching itself or collapsed;
-    GEOS snap-rounding repairs that but costs ten times more. So all are rounded, and
-    only the polygons that rounding made invalid are snap-rounded again from their
-    unrounded form (made valid first when GEOS gives up on them as they are).
-    """
-    rounded = shapely.set_precision(geoms, 1.0, mode="pointwise")
-    broken = np.flatnonzero(np.isin(shapely.get_type_id(rounded), _POLYGONS) & ~shapely.is_valid(rounded))
-    for i in broken:
-        try:
-            rounded[i] = shapely.set_precision(geoms[i], 1.0)
-        except shapely.errors.GEOSException:
-            try:
-                rounded[i] = shapely.set_precision(shapely.make_valid(geoms[i]), 1.0)
-            except shapely.errors.GEOSException:
-                LOGGER.info("a polygon stays invalid in a vector tile: GEOS cannot repair it")
-    return rounded
-
-
-def _orient_for_mvt(geoms: np.ndarray) -> np.ndarray:
-    """Exterior rings with a positive area in tile coordinates (y down), holes negative.
-
-    That is clockwise as drawn on screen, which the MVT 2.1 spec (4.3.4.4) requires so
-    that a renderer can tell exteriors from holes.
-    """
-    orient_polygons = getattr(shapely, "orient_polygons", None)  # shapely >= 2.1
-    if orient_polygons is not None:
-        return orient_polygons(geoms, exterior_cw=False)
-    out = geoms.copy()
-    for i in np.flatnonzero(np.isin(shapely.get_type_id(geoms), _POLYGONS)):
-        geom = geoms[i]
-        if geom.geom_type == "Polygon":
-            out[i] = orient_polygon(geom, 1.0)
-        else:
-            out[i] = shapely.multipolygons([orient_polygon(p, 1.0) for p in geom.geoms])
-    return out
-
-
-def _mvt_value(value: Any) -> Any:
-    """A stored value as an MVT scalar (string, number, boolean); None when it has none."""
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
-    if isinstance(value, bytes):
-        return _blob_json(value)
-    return str(value)
 
 
 #: How often (seconds) a running tile query asks whether its client is still there.
@@ -746,22 +542,6 @@ def _interruptible(conn: sqlite3.Connection, gone: Callable[[], bool] | None) ->
         yield
     finally:
         conn.set_progress_handler(None, 0)
-
-
-def _check_client(request: TileRequest) -> None:
-    """Stop making a tile nobody waits for any more (between the costly steps)."""
-    if request.client_gone is not None and request.client_gone():
-        raise Unavailable("the client went away; its tile was abandoned")
-
-
-#: How every tile is encoded: geometries arrive already in integer tile coordinates with
-#: y pointing down and exteriors oriented (see ``GeoPackageProvider._tile_geometries``), so
-#: the encoder neither rescales, flips nor re-orients them vertex by vertex in Python.
-_MVT_OPTIONS: dict[str, Any] = {
-    "quantize_bounds": None,
-    "y_coord_down": True,
-    "check_winding_order": False,
-}
 
 
 # -- time values --------------------------------------------------------------------------
@@ -868,7 +648,7 @@ class SQLiteDialect(Dialect[str]):
 
     def geometry_literal(self, geojson: dict[str, Any], crs: CRS) -> str:
         geom = geometry_from_geojson(geojson, InvalidQuery, "filter: ")
-        geom = _reproject(geom, crs.srid, self.storage_crs.srid, swap_in=crs.lat_first)
+        geom = reproject.geometries(geom, crs.srid, self.storage_crs.srid, swap_in=crs.lat_first)
         return self._literal(geom)
 
     def envelope_literal(self, bbox: Sequence[float], crs: CRS) -> str:
@@ -877,7 +657,7 @@ class SQLiteDialect(Dialect[str]):
         if crs.srid != self.storage_crs.srid:
             # Densify before reprojecting so the box's curved edges are kept (as PostGIS).
             box = shapely.segmentize(box, max(maxx - minx, maxy - miny) / 16 or 1)
-            box = _reproject(box, crs.srid, self.storage_crs.srid)
+            box = reproject.geometries(box, crs.srid, self.storage_crs.srid)
         return self._literal(box)
 
     def spatial(self, op: str, lhs: str, rhs: str, envelope: tuple | None) -> str:
@@ -938,7 +718,7 @@ class SQLiteDialect(Dialect[str]):
         search = shapely.box(minx, miny, maxx, maxy)
         if crs.srid != self.storage_crs.srid:
             search = shapely.segmentize(search, max(maxx - minx, maxy - miny) / 16 or 1)
-            search = _reproject(search, crs.srid, self.storage_crs.srid)
+            search = reproject.geometries(search, crs.srid, self.storage_crs.srid)
         bounds = tuple(shapely.bounds(search).tolist())
         if not all(math.isfinite(v) for v in bounds):
             return self.fmt("({})", exact)
@@ -1375,7 +1155,7 @@ def _crs84_bounds(conn: sqlite3.Connection, info: LayerInfo, box: tuple[float, .
     outside the CRS's area of use), so small layers reproject every vertex, as
     PostGIS's ``ST_Extent(ST_Transform(geom))`` does; large ones their R-tree boxes.
     """
-    transformer = _transformer(info.srid, 4326)
+    transformer = reproject.transformer(info.srid, 4326)
     xs = ys = None
     if info.geometry_column:
         table, column = quote_ident(info.table), quote_ident(info.geometry_column)
@@ -1539,7 +1319,9 @@ class GeoPackageProvider(FeatureProvider):
 
     def _geometry_texts(self, blobs: list[bytes | None], crs: CRS, decimals: int | None) -> list[str | None]:
         geoms = decode_geometries(blobs)
-        geoms = _reproject(geoms, self._storage, crs.srid, swap_out=crs.lat_first, decimals=decimals)
+        geoms = reproject.geometries(
+            geoms, self._storage, crs.srid, swap_out=crs.lat_first, decimals=decimals
+        )
         return geojson_geometries(geoms)
 
     def _encoder(self, crs: CRS, names: list[str], geometry: bool) -> Callable[[list[tuple]], list[bytes]]:
@@ -1650,7 +1432,7 @@ class GeoPackageProvider(FeatureProvider):
             geoms = decode_geometries(blobs)
             # ST_AsGeoJSON's default of 9 decimals; WKT and WKB at full precision.
             decimals = 9 if geometry == "geojson" else None
-            geoms = _reproject(geoms, storage, crs.srid, swap_out=crs.lat_first, decimals=decimals)
+            geoms = reproject.geometries(geoms, storage, crs.srid, swap_out=crs.lat_first, decimals=decimals)
             if geometry == "wkt":
                 return shapely.to_wkt(geoms, rounding_precision=-1).tolist()
             if geometry == "wkb":
@@ -1736,15 +1518,8 @@ class GeoPackageProvider(FeatureProvider):
         if not request.layer:
             raise InvalidQuery("an MVT layer needs a name")
         names = self.schema.selected(query.properties)
-        minx, miny, maxx, maxy = (float(v) for v in request.bounds)
-        extent, buffer = int(request.extent), int(request.buffer)
-        if not (all(math.isfinite(v) for v in (minx, miny, maxx, maxy)) and minx < maxx and miny < maxy):
-            raise InvalidQuery("a tile needs finite bounds minx < maxx, miny < maxy")
-        if extent <= 0 or buffer < 0:
-            raise InvalidQuery("a tile needs a positive extent and a buffer of 0 or more")
-        pad_x, pad_y = (maxx - minx) * buffer / extent, (maxy - miny) * buffer / extent
-        box = self._tile_box((minx - pad_x, miny - pad_y, maxx + pad_x, maxy + pad_y), request.crs)
-        if box is None or request.max_features <= 0:
+        box = mvt.search_box(request, self._storage)
+        if box is None:
             return b""
         with_rowid = self.schema.id_type != "integer" and self._id != self._rowid
         columns = self._columns(names, True) + (", t." + self._rowid if with_rowid else "")
@@ -1776,86 +1551,15 @@ class GeoPackageProvider(FeatureProvider):
             raise _read_error(exc) from exc
         if not rows:
             return b""
-        _check_client(request)
+        mvt.check_client(request)
         return self._encode_tile(rows, names, request, with_rowid)
-
-    def _tile_box(
-        self, box: tuple[float, float, float, float], crs: CRS
-    ) -> tuple[float, float, float, float] | None:
-        """The tile's box (with buffer) cut to where it can be turned into a storage-CRS query.
-
-        The buffer of an edge tile reaches past the CRS's world, where PROJ wraps web
-        mercator's x around the antimeridian and makes a nonsense box. And a low-zoom
-        tile reaches far beyond the area a projected storage CRS is made for, where the
-        tile's edges project to finite but meaningless places (round the antipode of
-        a Lambert azimuthal projection, say); such a tile selects what lies in that area,
-        and shows those features whole. Geographic storage CRSs work everywhere. None:
-        the tile cannot hold features of this layer.
-        """
-        found = _intersect_box(box, _area_of_use(crs.srid, crs.srid))
-        if found is None or crs.srid == self._storage or _is_geographic(self._storage):
-            return found
-        usable = _area_of_use(self._storage, crs.srid)
-        if usable is not None and not (
-            usable[0] <= found[0]
-            and usable[1] <= found[1]
-            and found[2] <= usable[2]
-            and found[3] <= usable[3]
-        ):
-            found = _intersect_box(found, usable)
-        return found
-
-    def _tile_geometries(self, blobs: list[bytes | None], request: TileRequest) -> np.ndarray:
-        """The rows' geometries ready for MVT: integer tile coordinates, y down, clipped, valid.
-
-        One pass over all coordinates of all features reprojects them (pyproj, as
-        arrays) and scales them into tile space; GEOS then clips, simplifies and snaps
-        the whole array. What cannot be drawn (no geometry, out of the CRS, collapsed
-        below a tile unit) is None.
-        """
-        geoms = shapely.force_2d(decode_geometries(blobs))
-        coords, index = shapely.get_coordinates(geoms, return_index=True)
-        if not len(coords):
-            return np.full(len(geoms), None, dtype=object)
-        x, y = coords[:, 0], coords[:, 1]
-        if request.crs.srid != self._storage:
-            transformer = _transformer(self._storage, request.crs.srid)
-            x, y = (np.asarray(a, dtype=float) for a in transformer.transform(x, y))
-            bad = ~(np.isfinite(x) & np.isfinite(y)) & np.isfinite(coords).all(axis=1)
-            clamp = _latitude_range(request.crs.srid) if _is_geographic(self._storage) else None
-            if bad.any() and clamp is not None:
-                # The poles in web mercator: drawn at the edge of its world, as in GeoJSON output.
-                x[bad], y[bad] = transformer.transform(coords[bad, 0], np.clip(coords[bad, 1], *clamp))
-        minx, miny, maxx, maxy = (float(v) for v in request.bounds)
-        extent = int(request.extent)
-        tile = np.column_stack(((x - minx) * (extent / (maxx - minx)), (maxy - y) * (extent / (maxy - miny))))
-        geoms = shapely.set_coordinates(geoms, tile)
-        unusable = np.unique(index[~np.isfinite(tile).all(axis=1)])
-        geoms[unusable] = None
-        edge = float(request.buffer)
-        geoms = shapely.clip_by_rect(geoms, -edge, -edge, extent + edge, extent + edge)
-        types = shapely.get_type_id(geoms)
-        if request.simplify:
-            # One tile unit: finer detail cannot be drawn. Polygons keep their topology
-            # (no ring may cross another); lines may take the faster plain Douglas-Peucker.
-            polygonal = np.isin(types, (*_POLYGONS, _COLLECTION))
-            lines = np.isin(types, _LINES)
-            geoms[polygonal] = shapely.simplify(geoms[polygonal], 1.0, preserve_topology=True)
-            geoms[lines] = shapely.simplify(geoms[lines], 1.0, preserve_topology=False)
-        # An MVT feature has one geometry type; then the integer grid, valid and oriented.
-        geoms = _orient_for_mvt(_snap_to_grid(_single_typed(geoms)))
-        left = shapely.get_type_id(geoms) == _COLLECTION  # what repairing an invalid polygon made
-        if left.any():
-            geoms[left] = _orient_for_mvt(_single_typed(geoms[left]))
-        geoms[shapely.is_empty(geoms)] = None
-        return geoms
 
     def _encode_tile(
         self, rows: list[tuple], names: list[str], request: TileRequest, with_rowid: bool
     ) -> bytes:
         """MVT bytes of rows (id, geometry blob, *attributes[, rowid]) with one layer, ``request.layer``."""
-        geoms = self._tile_geometries([r[1] for r in rows], request)
-        _check_client(request)
+        geoms = mvt.tile_geometries(decode_geometries([r[1] for r in rows]), self._storage, request)
+        mvt.check_client(request)
         converters = self._value_converters(names, for_json=True)
         integer_ids = self.schema.id_type == "integer"
         features = []
@@ -1863,20 +1567,15 @@ class GeoPackageProvider(FeatureProvider):
             row = rows[i]
             props: dict[str, Any] = {}
             if not integer_ids:
-                props[self.schema.id_field] = _mvt_value(row[0])
+                props[self.schema.id_field] = mvt.scalar(row[0])
             for name, conv, value in zip(names, converters, row[2 : 2 + len(names)], strict=True):
-                value = _mvt_value(value if conv is None or value is None else conv(value))
+                value = mvt.scalar(value if conv is None or value is None else conv(value))
                 if value is not None:
                     props[name] = value
             features.append(
                 {"geometry": geoms[i], "properties": props, "id": row[-1] if with_rowid else row[0]}
             )
-        if not features:
-            return b""
-        return mapbox_vector_tile.encode(
-            {"name": request.layer, "features": features},
-            default_options={**_MVT_OPTIONS, "extents": int(request.extent)},
-        )
+        return mvt.encode(request.layer, features, request.extent)
 
     # -- revisions ------------------------------------------------------------------------
     def revision(self) -> int | None:
@@ -1941,7 +1640,7 @@ class GeoPackageProvider(FeatureProvider):
         """
         geom = geometry_from_geojson(geojson, InvalidData)
         try:
-            geom = _reproject(geom, crs.srid, self._storage, swap_in=crs.lat_first)
+            geom = reproject.geometries(geom, crs.srid, self._storage, swap_in=crs.lat_first)
         except InvalidQuery as exc:
             raise InvalidData(exc.message) from exc
         if not np.isfinite(shapely.get_coordinates(geom)).all():

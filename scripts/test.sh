@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Run the whole test suite on a fresh Debian machine as root: installs PostGIS and
-# GDAL from Debian, starts PostgreSQL, builds the venv, lints, then runs pytest.
+# Run the whole test suite on a fresh Debian machine as root: installs PostGIS, GDAL,
+# Chromium and MapServer (the WFS the remote-layer tests talk to) from Debian, starts
+# PostgreSQL, builds the venv, lints, then runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 
 need=()
-for pkg in postgresql-15-postgis-3 gdal-bin chromium; do
+for pkg in postgresql-15-postgis-3 gdal-bin chromium cgi-mapserver mapserver-bin; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

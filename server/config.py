@@ -65,6 +65,22 @@ _COLLECTION = {
     },
 }
 
+#: How geoharbor reaches a remote WFS (providers.wfs_http.RemoteOptions), for the ``wfs``
+#: section (every remote WFS, e.g. those registered with POST /datasets/ogc) and a wfs source.
+_REMOTE: dict[str, Any] = {
+    "timeout_s": {"type": "number", "exclusiveMinimum": 0, "description": "to connect, and between reads"},
+    "deadline_s": {"type": "number", "exclusiveMinimum": 0, "description": "for a whole answer"},
+    "retries": {"type": "integer", "minimum": 0, "maximum": 10},
+    "backoff_s": {"type": "number", "minimum": 0},
+    "cache_ttl_s": {"type": "number", "minimum": 0},
+    "cache_mb": {"type": "number", "minimum": 0},
+    "failures": {"type": "integer", "minimum": 1, "description": "failures in a row that open the circuit"},
+    "reset_s": {"type": "number", "exclusiveMinimum": 0, "description": "how long an open circuit refuses"},
+    "max_response_mb": {"type": "number", "exclusiveMinimum": 0},
+    "max_features": {"type": "integer", "minimum": 1, "description": "fetched at most to filter here"},
+    "count": {"enum": ["exact", "none"], "description": "numberMatched from resultType=hits, or none"},
+}
+
 _SERVER_TILES = {
     "type": "object",
     "additionalProperties": False,
@@ -137,8 +153,25 @@ _SCHEMA: dict[str, Any] = {
                             **_ACCESS,
                         },
                     },
+                    {
+                        "additionalProperties": False,
+                        "required": ["type", "url"],
+                        "properties": {
+                            "type": {"const": "wfs"},
+                            "url": {"type": "string", "pattern": r"^https?://"},
+                            "version": {"enum": ["2.0.0", "1.1.0"]},
+                            **_REMOTE,
+                            **_ACCESS,
+                        },
+                    },
                 ],
             },
+        },
+        "wfs": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "how remote WFS services are reached (each wfs source may override)",
+            "properties": _REMOTE,
         },
         "store": {
             "type": "object",
@@ -299,8 +332,8 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
                 kind = error.instance.get("type")
                 best = [e for e in error.context or [] if kind is None or "const" not in e.schema]
                 detail = best[0].message if best else error.message
-                if kind not in ("postgis", "geopackage"):
-                    detail = f"type must be postgis or geopackage, not {kind!r}"
+                if kind not in ("postgis", "geopackage", "wfs"):
+                    detail = f"type must be postgis or geopackage (databases, files) or wfs, not {kind!r}"
                 messages.append(f"{_where(error)}: {detail}")
             else:
                 messages.append(f"{_where(error)}: {error.message}")
@@ -314,6 +347,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         "rest": {**REST_DEFAULTS, **raw.get("rest", {})},
         "mapfish": {**MAPFISH_DEFAULTS, **raw.get("mapfish", {})},
         "jobs": {**JOBS_DEFAULTS, **raw.get("jobs", {})},
+        "wfs": dict(raw.get("wfs", {})),
         "imports": {**IMPORTS_DEFAULTS, **raw.get("imports", {})},
     }
     for name, coll in config["collections"].items():

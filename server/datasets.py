@@ -7,15 +7,22 @@ are known to be readable, and the directory is removed on any failure, so a refu
 upload leaves nothing behind. File work is :mod:`providers.files` and
 :mod:`providers.convert`; this module is HTTP and access only.
 
+A remote OGC service is registered with ``POST /datasets/ogc`` (``url``,
+``service_type`` WFS, ``layer_name``, ``name``): nothing is downloaded. The remote is
+asked once what the layer is, and a run-time *layer* record holding that answer is
+stored (:meth:`server.registry.Registry.create_layer`), so every worker and host
+publishes it at once as a collection (items, item, vector tiles) read from the remote.
+
 Errors answer FastAPI's ``{"detail": "..."}`` under ``/datasets`` and ``/api/portal``.
 Access: reading a dataset needs read rights on its record, deleting write rights,
-uploading a key that may write (in community mode the access hook already keeps
-writes to this machine).
+uploading or registering a key that may write (in community mode the access hook
+already keeps writes to this machine).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -26,6 +33,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, request, send_file
 
+from providers import wfs
 from providers.convert import FORMATS, convert
 from providers.errors import InvalidData, InvalidQuery, NotFound
 from providers.export import safe_name
@@ -34,7 +42,9 @@ from providers.files import count as count_features
 from providers.store import Record, Store
 from server import bodies
 from server.auth import current_auth, current_identity
+from server.links import url
 from server.params import int_param
+from server.registry import COLLECTION_ID
 
 blueprint = Blueprint("datasets", __name__)
 
@@ -165,6 +175,117 @@ def _group_name(parts: list[Any]) -> str:
     """The name of several uploaded files: their common stem (a Shapefile's), else the first's."""
     stems = {Path(f.filename or "").stem for f in parts}
     return safe_name(stems.pop() if len(stems) == 1 else parts[0].filename or "upload", "upload")
+
+
+# -- remote OGC services -------------------------------------------------------------------------
+#: The service types ``POST /datasets/ogc`` registers.
+OGC_SERVICES = ("WFS",)
+#: Response header saying whether a WFS collection's conditions ran on the remote or here.
+FILTER_HEADER = "X-Geoharbor-Filter"
+
+
+@blueprint.route("/datasets/ogc", methods=["POST"])
+def register_ogc() -> Response:
+    """Register a layer of a remote WFS as a collection, lazily: the remote is described, not copied.
+
+    Server-side request forgery: only a key that may create may make this server call
+    a URL, and only http(s) URLs are accepted; the remote is then only ever asked at
+    that URL (the addresses its capabilities advertise are not followed).
+    """
+    current_auth().require_create(current_identity(), "a remote layer")
+    body = bodies.json_body()
+    if not isinstance(body, dict):
+        raise InvalidData("the body must be a JSON object")
+    service_type = body.get("service_type", "WFS")
+    if not isinstance(service_type, str) or service_type.upper() not in OGC_SERVICES:
+        raise InvalidData(f"service_type must be one of {', '.join(OGC_SERVICES)}")
+    layer_name, name, version = body.get("layer_name"), body.get("name"), body.get("version")
+    if not isinstance(layer_name, str) or not layer_name.strip():
+        raise InvalidData("layer_name is required (a feature type of the WFS)")
+    if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 200):
+        raise InvalidData("name must be a non-empty text of at most 200 characters")
+    if version is not None and not isinstance(version, str):
+        raise InvalidData("version must be 2.0.0 or 1.1.0")
+    registry = current_app.extensions["geoharbor"].registry
+    remote = registry.describe_remote(body.get("url"), layer_name, version)
+    cid = _collection_id(registry, body.get("collection"), name or remote.title or remote.local_name)
+    record = registry.create_layer(
+        {
+            "service": "wfs",
+            "collection": cid,
+            "name": name or remote.title or remote.local_name,
+            "title": name or remote.title or remote.local_name,
+            "url": remote.url,
+            "layer": remote.type_name,
+            "version": remote.version,
+            "remote": remote.to_json(),
+            "editable": False,
+            "owner": current_identity().user_id,
+        }
+    )
+    return _json(_remote_view(record), 201)
+
+
+def _collection_id(registry: Any, wanted: Any, name: str) -> str:
+    """The collection id asked for (it must be free), or one made from the name that is free."""
+    if wanted is not None:
+        if not isinstance(wanted, str) or not COLLECTION_ID.match(wanted):
+            raise InvalidData("collection must be 1-63 letters, digits, '_', '-' or '.'")
+        return wanted
+    base = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")[:56] or "remote"
+    for candidate in (base, *(f"{base}_{n}" for n in range(2, 100))):
+        if candidate not in registry.collections:
+            return candidate
+    raise InvalidData(f"no free collection id for {name[:100]!r}: give one as 'collection'")
+
+
+def _remote_view(record: Record) -> dict[str, Any]:
+    """A registered remote layer as the datasets API shows it, with the links of its collection."""
+    body = record.body
+    remote = body["remote"]
+    cid = str(record.key)
+    srid = (remote.get("crs") or [4326])[0]
+    return {
+        "id": record.id,
+        "name": body["name"],
+        "format": "WFS",
+        "service_type": "WFS",
+        "url": body["url"],
+        "layer_name": body["layer"],
+        "version": body["version"],
+        "collection": cid,
+        "crs": f"EPSG:{srid}",
+        "layers": [
+            {"name": body["layer"], "geometry_type": remote.get("geometry_type"), "feature_count": None}
+        ],
+        "data_category": "vector",
+        "created_at": _iso(record.created),
+        "owner": body.get("owner"),
+        "links": [
+            {"rel": "collection", "type": "application/json", "href": url(f"/collections/{cid}")},
+            {"rel": "items", "type": "application/geo+json", "href": url(f"/collections/{cid}/items")},
+            {
+                "rel": "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector",
+                "type": "application/json",
+                "href": url(f"/collections/{cid}/tiles"),
+            },
+        ],
+    }
+
+
+@blueprint.before_app_request
+def _forget_filter_mode() -> None:
+    """Each request starts without a WFS filter mode (threads are reused between requests)."""
+    wfs.FILTER_MODE.set(None)
+
+
+@blueprint.after_app_request
+def _tell_filter_mode(response: Response) -> Response:
+    """Tell the client when a WFS collection's conditions were applied here, after the fetch."""
+    mode = wfs.FILTER_MODE.get()
+    if mode is not None:
+        response.headers[FILTER_HEADER] = mode
+    return response
 
 
 @blueprint.route("/datasets", methods=["GET"])
@@ -313,6 +434,9 @@ _TEXTS = {
     404: "No such dataset or layer",
     413: "The upload is over the size limit",
     422: "Invalid body, or files that are not spatial data this server reads",
+    409: "The collection id is taken",
+    502: "The remote service failed or refused",
+    504: "The remote service did not answer in time",
 }
 
 
@@ -351,6 +475,27 @@ def openapi(prefix: str) -> dict[str, Any]:
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DatasetExport"}}},
     }
     paths: dict[str, Any] = {
+        f"{prefix}/datasets/ogc": {
+            "post": {
+                "summary": "Register a layer of a remote OGC service (WFS 2.0.0 / 1.1.0) as a collection",
+                "description": "Lazy: nothing is downloaded. The layer is published at once as a "
+                "collection whose items and vector tiles are read from the remote (cached).",
+                "operationId": "datasetsRegisterOgc",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OgcService"}}},
+                },
+                "responses": {
+                    "201": {
+                        "description": "The registered remote layer",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/RemoteDataset"}}
+                        },
+                    },
+                    **_errors(401, 403, 409, 422, 502, 504),
+                },
+            }
+        },
         f"{prefix}/datasets/upload": {
             "post": {
                 "summary": "Upload a spatial file (zip, Shapefile parts, GeoPackage, GeoJSON, ...)",
@@ -467,6 +612,37 @@ def openapi(prefix: str) -> dict[str, Any]:
                 "dataset_id": {"type": "string", "format": "uuid"},
                 "format": {"type": "string", "enum": list(FORMATS)},
                 "layer": {"type": "string"},
+            },
+        },
+        "OgcService": {
+            "type": "object",
+            "required": ["url", "layer_name"],
+            "properties": {
+                "url": {"type": "string", "format": "uri", "description": "the service's http(s) URL"},
+                "service_type": {"type": "string", "enum": list(OGC_SERVICES), "default": "WFS"},
+                "layer_name": {"type": "string", "description": "a feature type, prefixed or not"},
+                "name": {"type": "string", "description": "the collection's title"},
+                "collection": {"type": "string", "description": "the collection id (default: from name)"},
+                "version": {"type": "string", "enum": list(wfs.VERSIONS)},
+            },
+        },
+        "RemoteDataset": {
+            "type": "object",
+            "required": ["id", "name", "format", "url", "layer_name", "collection", "links"],
+            "properties": {
+                "id": {"type": "integer", "description": "the layer record (see /rest/1/layers/{id})"},
+                "name": {"type": "string"},
+                "format": {"type": "string", "enum": ["WFS"]},
+                "service_type": {"type": "string"},
+                "url": {"type": "string"},
+                "layer_name": {"type": "string"},
+                "version": {"type": "string"},
+                "collection": {"type": "string"},
+                "crs": {"type": "string"},
+                "layers": {"type": "array", "items": {"type": "object"}},
+                "data_category": {"type": "string"},
+                "created_at": {"type": "string", "format": "date-time"},
+                "links": {"type": "array", "items": {"type": "object"}},
             },
         },
         "DatasetError": {

@@ -3,8 +3,15 @@
 A collection is declared in ``collections:``, published automatically from a
 PostGIS schema (every table/view with a geometry column) or from every layer of a
 GeoPackage, or created at run time as a *layer* record in the store (REST, MapFish,
-imports). Either way its extent, storage CRS, fields and queryables are read from
-the source. One handle per database or file is shared by its collections.
+imports, ``POST /datasets/ogc``). Either way its extent, storage CRS, fields and
+queryables are read from the source. One handle per database, file or remote WFS is
+shared by its collections.
+
+A remote WFS layer registered at run time keeps in its record what the remote said
+about it (:class:`~providers.wfs_capabilities.RemoteLayer`): every process publishes
+it from the record, without asking the remote, and goes on publishing it while the
+remote is down (its reads then answer 502/504). A WFS declared in the configuration
+is described when the server starts.
 
 Layers live in the store, not in a process: :meth:`Registry.sync` compares the
 store's generation with the one this process built from and republishes when it
@@ -26,6 +33,10 @@ from providers.crs import CRS84_URI, crs_uri, epsg_uri, parse_crs
 from providers.errors import Conflict, InvalidData, NotFound, ProviderError
 from providers.postgis import PostGISDatabase, PostGISProvider, TableRef
 from providers.store import GENERATION_KEY, PostgresStore, Record, SQLiteStore, Store
+from providers.wfs import WFSProvider
+from providers.wfs import describe as describe_wfs
+from providers.wfs_capabilities import RemoteLayer
+from providers.wfs_http import RemoteOptions, RemoteService, check_url
 from server.config import COLLECTION_TILE_DEFAULTS
 
 LOGGER = logging.getLogger(__name__)
@@ -58,6 +69,9 @@ LAYER_OPTIONS = (
     "crs",
     "tiles",
 )
+
+#: Layer record members of a remote WFS layer (``"service": "wfs"``), besides the metadata.
+REMOTE_LAYER_OPTIONS = ("url", "layer", "version", "remote", "title", "description", "keywords", "tiles")
 
 
 @dataclass(slots=True)
@@ -94,7 +108,11 @@ class Registry:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
-        self.sources: dict[str, Any] = {}  # PostGISDatabase or GeoPackage, by source name
+        self.sources: dict[str, Any] = {}  # PostGISDatabase, GeoPackage or RemoteService, by source name
+        #: Remote WFS services of run-time layers, by URL: their caches and circuit breakers
+        #: outlive the rebuilds of the collections.
+        self.remotes: dict[str, RemoteService] = {}
+        self._remotes_lock = threading.Lock()
         self.source_errors: dict[str, str] = {}
         self.collections: dict[str, Collection] = {}
         #: Layers whose source or table is gone, by layer id: reported, not published.
@@ -132,6 +150,10 @@ class Registry:
                     # Reported on /health; its collections are not published rather than
                     # each start-up step waiting for a database that does not answer.
                     self.source_errors[name] = "database unreachable at start-up"
+            elif spec["type"] == "wfs":
+                self.sources[name] = RemoteService(
+                    spec["url"], RemoteOptions.from_config(self.config.get("wfs"), spec)
+                )
             else:
                 from providers.geopackage import GeoPackage
 
@@ -158,6 +180,9 @@ class Registry:
             "properties": options.get("properties"),
         }
         provider: FeatureProvider
+        if isinstance(source, RemoteService):
+            layer = describe_wfs(source, options["layer"], spec.get("version"))
+            return self._remote_collection(cid, source, layer, options, spec, source_name)
         if isinstance(source, PostGISDatabase):
             schema_name, _, table = options["table"].rpartition(".")
             ref = TableRef(schema_name or "public", table, options.get("geometry_column"))
@@ -195,6 +220,69 @@ class Registry:
                 k: options.get(k, spec.get(k)) for k in ACCESS_KEYS if options.get(k, spec.get(k)) is not None
             },
         )
+
+    # -- remote WFS layers -------------------------------------------------------------------
+    def remote_service(self, url: str) -> RemoteService:
+        """The shared service of a remote WFS (``wfs:`` options), made on first use."""
+        url = check_url(url)
+        with self._remotes_lock:
+            found = self.remotes.get(url)
+            if found is None:
+                found = RemoteService(url, RemoteOptions.from_config(self.config.get("wfs")))
+                self.remotes[url] = found
+            return found
+
+    def describe_remote(self, url: str, layer_name: str, version: str | None = None) -> RemoteLayer:
+        """Ask a remote WFS what one of its feature types is (GetCapabilities, DescribeFeatureType)."""
+        return describe_wfs(self.remote_service(url), layer_name, version)
+
+    def _remote_collection(
+        self,
+        cid: str,
+        service: RemoteService,
+        layer: RemoteLayer,
+        options: dict[str, Any],
+        spec: dict[str, Any],
+        source_name: str,
+    ) -> Collection:
+        wfs = self.config.get("wfs") or {}
+        provider = WFSProvider(
+            service,
+            layer,
+            count_mode=options.get("count", spec.get("count", wfs.get("count", "exact"))),
+            max_features=int(spec.get("max_features", wfs.get("max_features", 10_000))),
+            name=cid,
+        )
+        return Collection(
+            id=cid,
+            title=options.get("title") or layer.title or cid,
+            description=options.get("description")
+            or layer.abstract
+            or f"{cid} (remote WFS {layer.type_name})",
+            keywords=options.get("keywords", []),
+            provider=provider,
+            source=source_name,
+            source_type="wfs",
+            crs=self._crs_list(layer.default_srid, [*layer.crs[1:], *options.get("crs", [])]),
+            tiles={**COLLECTION_TILE_DEFAULTS, **options.get("tiles", {})},
+            access={
+                k: options.get(k, spec.get(k)) for k in ACCESS_KEYS if options.get(k, spec.get(k)) is not None
+            },
+        )
+
+    def _build_remote_layer(self, cid: str, body: dict[str, Any]) -> Collection:
+        """A run-time WFS layer's collection, from its record alone (no request to the remote)."""
+        layer = RemoteLayer.from_json(body.get("remote"))
+        url = check_url(body.get("url"))
+        if layer.url != url:
+            raise InvalidData("a remote layer record's url and description disagree")
+        options = {k: body[k] for k in REMOTE_LAYER_OPTIONS if k in body}
+        return self._remote_collection(cid, self.remote_service(url), layer, options, {}, f"wfs:{url}")
+
+    def _build_layer(self, cid: str, body: dict[str, Any]) -> Collection:
+        if body.get("service") == "wfs":
+            return self._build_remote_layer(cid, body)
+        return self._build(cid, body["source"], self._layer_options(body))
 
     def _publish_declared(self) -> None:
         for cid, options in self.config["collections"].items():
@@ -291,7 +379,7 @@ class Registry:
                     errors[record.id] = f"collection id {cid!r} is taken by the configuration"
                     continue
                 try:
-                    coll = self._build(cid, record.body["source"], self._layer_options(record.body))
+                    coll = self._build_layer(cid, record.body)
                 except Exception as exc:  # noqa: BLE001 - one broken layer must not hide the others
                     errors[record.id] = str(exc)
                     LOGGER.error("layer %s (%s) not published: %s", record.id, cid, exc)
@@ -375,15 +463,17 @@ class Registry:
         cid = body.get("collection")
         if not isinstance(cid, str) or not COLLECTION_ID.match(cid):
             raise InvalidData("a layer's collection id must be 1-63 letters, digits, '_', '-' or '.'")
+        if body.get("service") == "wfs":
+            self._check_free(cid, layer_id)
+            self._build_remote_layer(cid, body)
+            return cid
         source = body.get("source")
         if source not in self.sources or source in self.source_errors:
             raise InvalidData(f"no usable source named {str(source)[:100]!r}")
         key = "table" if self.config["sources"][source]["type"] == "postgis" else "layer"
         if not isinstance(body.get(key), str) or not body[key]:
             raise InvalidData(f"a layer on source {source!r} needs '{key}'")
-        taken = self.collections.get(cid)
-        if taken is not None and (taken.layer_id is None or taken.layer_id != layer_id):
-            raise Conflict(f"collection {cid!r} already exists")
+        self._check_free(cid, layer_id)
         try:
             self._build(cid, source, self._layer_options(body))
         except ProviderError:
@@ -391,6 +481,12 @@ class Registry:
         except Exception as exc:  # noqa: BLE001 - describe() failures: missing table, no key ...
             raise InvalidData(f"cannot publish {body[key]!r}: {exc}") from exc
         return cid
+
+    def _check_free(self, cid: str, layer_id: int | None) -> None:
+        """Conflict unless ``cid`` is free, or is the collection of layer ``layer_id`` itself."""
+        taken = self.collections.get(cid)
+        if taken is not None and (taken.layer_id is None or taken.layer_id != layer_id):
+            raise Conflict(f"collection {cid!r} already exists")
 
     def create_layer(self, body: dict[str, Any]) -> Record:
         """Store and publish a layer; every process publishes it on its next request."""
@@ -433,19 +529,37 @@ class Registry:
             raise NotFound(f"collection {cid[:100]!r} not found") from None
 
     def health(self) -> dict[str, Any]:
-        """Each source with its type and whether it answers now."""
+        """Each source with its type and whether it answers now.
+
+        A remote WFS is ``up`` for geoharbor whatever the remote does: its collections
+        answer (502/504 quickly while the remote fails), and a load balancer must not
+        take this server out because a third party's service is down. ``remote_up``
+        says whether the remote itself is considered up (its circuit is closed).
+        """
         out = {}
         for name, source in self.sources.items():
             kind = self.config["sources"][name]["type"]
-            up = source.ping()
-            entry: dict[str, Any] = {"type": kind, "up": up}
+            entry: dict[str, Any] = {"type": kind}
+            if isinstance(source, RemoteService):
+                entry.update({"up": True, "remote_up": source.ping(), "circuit": source.state})
+            else:
+                entry["up"] = source.ping()
             if name in self.source_errors:
                 entry["error"] = self.source_errors[name]
             entry["collections"] = sorted(c.id for c in self.collections.values() if c.source == name)
             out[name] = entry
+        for url, service in list(self.remotes.items()):
+            name = f"wfs:{url}"
+            out[name] = {
+                "type": "wfs",
+                "up": True,
+                "remote_up": service.ping(),
+                "circuit": service.state,
+                "collections": sorted(c.id for c in self.collections.values() if c.source == name),
+            }
         return out
 
     def close(self) -> None:
         self.store.close()
-        for source in self.sources.values():
+        for source in [*self.sources.values(), *self.remotes.values()]:
             source.close()
