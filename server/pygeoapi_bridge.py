@@ -534,6 +534,7 @@ def _add_family_paths(doc: dict[str, Any], config: dict[str, Any]) -> None:
     """Add the REST CRUD and MapFish routes, each described by its own module."""
     from server import (
         datasets,
+        importer,
         mapfish,
         rest_audit,
         rest_buffer,
@@ -546,6 +547,7 @@ def _add_family_paths(doc: dict[str, Any], config: dict[str, Any]) -> None:
     )
 
     families = [(config["mapfish"]["prefix"], mapfish, "MapFish protocol"), ("", datasets, "Datasets")]
+    families.append((config["imports"]["prefix"], importer, "Importer"))
     families += [
         (config["rest"]["prefix"], module, "REST CRUD")
         for module in (
