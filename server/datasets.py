@@ -40,7 +40,7 @@ from providers.export import safe_name
 from providers.files import Layer, TooLarge, detect, read_page, save_parts
 from providers.files import count as count_features
 from providers.store import Record, Store
-from server import bodies
+from server import bodies, owned
 from server.auth import current_auth, current_identity
 from server.links import url
 from server.params import int_param
@@ -75,21 +75,13 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 # -- records and access ------------------------------------------------------------------------
-def _rights(record: Record) -> frozenset[str]:
-    return current_auth().resource_rights(current_identity(), record.id, record.body.get("owner"))
-
-
-def _dataset(dataset_id: str, action: str = "read") -> Record:
+def _dataset(dataset_id: str, action: owned.Action = "read") -> Record:
     """The record of a dataset the caller may ``action`` (404 when unknown or unreadable)."""
     try:
         key = str(uuid.UUID(dataset_id))
     except ValueError:
         raise NotFound(f"dataset {dataset_id[:100]!r} not found") from None
-    record = _store().find(KIND, key)
-    if record is None:
-        raise NotFound(f"dataset {key} not found")
-    current_auth().require(current_identity(), action, _rights(record), f"dataset {key}")  # type: ignore[arg-type]
-    return record
+    return owned.find(KIND, key, action, f"dataset {key}")
 
 
 def _view(record: Record) -> dict[str, Any]:
@@ -162,7 +154,7 @@ def upload() -> Response:
             "crs": next((la["crs"] for la in layers if la["crs"]), None),
             "layers": layers,
             "size": size,
-            "owner": current_identity().user_id,
+            "owner": owned.owner(),
         }
         record = _store().insert(KIND, body, key=key)
     except BaseException:
@@ -220,7 +212,7 @@ def register_ogc() -> Response:
             "version": remote.version,
             "remote": remote.to_json(),
             "editable": False,
-            "owner": current_identity().user_id,
+            "owner": owned.owner(),
         }
     )
     return _json(_remote_view(record), 201)
@@ -293,8 +285,7 @@ def list_datasets() -> Response:
     """The datasets the caller may read, oldest first, ``limit``/``offset`` paged."""
     limit = int_param(request.args, "limit", LIMIT_DEFAULT, 1, LIMIT_MAX)
     offset = int_param(request.args, "offset", 0, 0)
-    auth, identity = current_auth(), current_identity()
-    readable = [r for r in _store().list(KIND) if auth.allowed(identity, "read", _rights(r))]
+    readable = owned.readable(_store().list(KIND))
     return _json([_view(r) for r in readable[offset : offset + limit]])
 
 

@@ -31,7 +31,7 @@ from providers import transforms
 from providers.errors import InvalidData, NotFound
 from providers.files import TooLarge
 from providers.store import Record
-from server import bodies, links
+from server import bodies, links, owned
 from server.auth import current_auth, current_identity, require_admin
 from server.imports import COMPLETE, RUNNING, Imports
 
@@ -65,15 +65,9 @@ def _flag(name: str) -> bool:
 
 
 # -- access -------------------------------------------------------------------------------
-def _record(import_id: int, action: str = "read") -> Record:
+def _record(import_id: int, action: owned.Action = "read") -> Record:
     """The import, if the caller may ``action`` it (404 when it may not even read it)."""
-    record = _imports().get(import_id)
-    auth, identity = current_auth(), current_identity()
-    rights = auth.resource_rights(identity, record.id, record.body.get("owner"))
-    if not auth.allowed(identity, "read", rights):
-        raise NotFound(f"import {import_id} not found")
-    auth.require(identity, action, rights, f"import {import_id}")  # type: ignore[arg-type]
-    return record
+    return owned.check(_imports().get(import_id), action, f"import {import_id}")
 
 
 def _check_data(data: Any) -> None:
@@ -177,13 +171,10 @@ def _tasks_response(imports: Imports, record: Record, task_ids: list[int]) -> Re
 @blueprint.route("", methods=["GET"])
 def list_imports() -> Response:
     imports = _imports()
-    auth, identity = current_auth(), current_identity()
     out = []
-    for record in imports.list():
-        rights = auth.resource_rights(identity, record.id, record.body.get("owner"))
-        if auth.allowed(identity, "read", rights):
-            iid = int(record.key or 0)
-            out.append({"id": iid, "href": _href(iid), "state": imports.state(record.body)})
+    for record in owned.readable(imports.list()):
+        iid = int(record.key or 0)
+        out.append({"id": iid, "href": _href(iid), "state": imports.state(record.body)})
     return _json({"imports": out})
 
 
@@ -206,7 +197,7 @@ def _create(proposed: int | None) -> Response:
         raise InvalidData('the body must be an object: {"import": {...}}')
     _check_data(spec.get("data"))
     imports = _imports()
-    record = imports.create(spec, current_identity().user_id, proposed)
+    record = imports.create(spec, owned.owner(), proposed)
     has_data = bool(spec.get("data")) and _has_content(spec["data"])
     execute = _flag("execute")
     if has_data and _flag("async"):
