@@ -11,6 +11,7 @@ in SQL) so that a page of features is never rebuilt as Python dicts on the way o
 from __future__ import annotations
 
 import hashlib
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ import shapely
 from providers.crs import CRS, CRS84
 from providers.errors import InvalidData, InvalidQuery, PreconditionFailed, ProviderError, ReadOnly
 
+LOGGER = logging.getLogger(__name__)
+
 CountMode = Literal["exact", "estimate", "auto", "none"]
 
 #: Pages up to this size are fetched at once; larger ones stream from a cursor in batches.
@@ -33,6 +36,9 @@ STREAM_BATCH = 1000
 #: "The feature has no such member": a write leaves that column as it is.
 MISSING: Any = object()
 GeometryEncoding = Literal["geojson", "wkt", "wkb", "none"]
+#: Called after each committed :meth:`FeatureProvider.write` with the provider and the ids
+#: of the features it created, changed or deleted. The server installs them (triggers).
+WRITE_HOOKS: list[Callable[[FeatureProvider, list[Any]], None]] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +342,6 @@ class FeatureProvider(ABC):
         return None
 
     # -- writes: one path, one transaction per call --------------------------------
-    @abstractmethod
     def write(self, ops: list[Write], crs: CRS = CRS84) -> list[StoredFeature | None]:
         """Apply ``ops`` in order, in ONE transaction: every one of them is stored, or none.
 
@@ -345,7 +350,23 @@ class FeatureProvider(ABC):
         cached tiles fresh) and error mapping exist once per backend. Returns, for each
         op, the feature as stored (CRS84), or None for a delete. When a batch holds
         more than one op, an error names the op that failed ("feature 3: ...").
+
+        Once the transaction has committed, each of :data:`WRITE_HOOKS` is told which
+        feature ids changed (triggers re-run their rules from there).
         """
+        stored = self.apply_writes(ops, crs)
+        if WRITE_HOOKS:
+            ids = [s.id if s is not None else op.fid for op, s in zip(ops, stored, strict=True)]
+            for hook in WRITE_HOOKS:
+                try:
+                    hook(self, ids)
+                except Exception:  # noqa: BLE001 - the write is committed; a hook must not undo it
+                    LOGGER.exception("a write hook failed after a committed write")
+        return stored
+
+    @abstractmethod
+    def apply_writes(self, ops: list[Write], crs: CRS) -> list[StoredFeature | None]:
+        """The backend's :meth:`write`: apply ``ops`` in one transaction, bump the revision."""
 
     def create(self, features: list[dict[str, Any]], crs: CRS = CRS84) -> list[StoredFeature]:
         """Insert GeoJSON features atomically; all are stored or none."""

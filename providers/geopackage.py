@@ -1721,7 +1721,7 @@ class GeoPackageProvider(FeatureProvider):
                 (self._info.table,),
             )
 
-    def write(self, ops: list[Write], crs: CRS = CRS84) -> list[StoredFeature | None]:
+    def apply_writes(self, ops: list[Write], crs: CRS = CRS84) -> list[StoredFeature | None]:
         """All ``ops`` in one IMMEDIATE transaction; see :meth:`FeatureProvider.write`.
 
         SQLite does not check geometry against the layer: :meth:`_geometry_blob` does,

@@ -1029,7 +1029,7 @@ class PostGISProvider(FeatureProvider):
             geometry = orjson.dumps(geometry).decode()
         return names, values, geometry
 
-    def write(self, ops: list[Write], crs: CRS = CRS84) -> list[StoredFeature | None]:
+    def apply_writes(self, ops: list[Write], crs: CRS = CRS84) -> list[StoredFeature | None]:
         """All ``ops`` in one transaction, with the revision bump; see :meth:`FeatureProvider.write`.
 
         Geometry is checked by PostGIS itself: the column's typmod rejects a wrong type,

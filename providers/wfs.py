@@ -574,7 +574,7 @@ class WFSProvider(FeatureProvider):
         return mvt.encode(request.layer, out, request.extent)
 
     # -- writes -----------------------------------------------------------------------------------
-    def write(self, ops: list[Write], crs: CRS = CRS84) -> list[StoredFeature | None]:
+    def apply_writes(self, ops: list[Write], crs: CRS = CRS84) -> list[StoredFeature | None]:
         raise ReadOnly("this collection republishes a remote WFS and is read-only")
 
 
