@@ -21,17 +21,15 @@ already keeps writes to this machine).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, request, send_file
+from flask import Blueprint, Response, current_app, request
 
 from providers import wfs
 from providers.convert import FORMATS, convert
@@ -41,6 +39,7 @@ from providers.files import Layer, TooLarge, detect, read_page, save_parts
 from providers.files import count as count_features
 from providers.store import Record, Store
 from server import bodies, owned
+from server.attachments import written_attachment
 from server.auth import current_auth, current_identity
 from server.links import url
 from server.params import int_param
@@ -371,24 +370,9 @@ def _export(dataset_id: str, fmt: str, layer_name: str | None) -> Response:
     record = _dataset(dataset_id)
     path, layer, driver = _layer(record, layer_name)
     name = safe_name(layer.name, "dataset")
-    directory = tempfile.mkdtemp(prefix="geoharbor-dataset-export-")
-    try:
-        result = convert(path, layer, driver, fmt, Path(directory), name)
-        handle = open(result, "rb")  # noqa: SIM115 - closed by the response when sent
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)  # the open file stays readable until closed
-    size = os.fstat(handle.fileno()).st_size
-    response = send_file(
-        handle,
-        mimetype=FORMATS[fmt].media_type,
-        as_attachment=True,
-        download_name=f"{name}{result.suffix}",
-        conditional=False,
-        etag=False,
-        max_age=0,
+    return written_attachment(
+        lambda directory: convert(path, layer, driver, fmt, directory, name), FORMATS[fmt].media_type, name
     )
-    response.headers["Content-Length"] = str(size)
-    return response
 
 
 # -- OpenAPI ------------------------------------------------------------------------------------

@@ -13,18 +13,16 @@ id too, as it has no layer id. Exporting is reading: the access hook of
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
-from flask import Response, current_app, request, send_file
+from flask import Response, current_app, request
 
 from providers.base import Query
 from providers.errors import NotFound
 from providers.export import FORMATS, export, safe_name
+from server.attachments import written_attachment
 from server.registry import Collection, Registry
 from server.rest import blueprint, flag
 from server.rest_layers import (
@@ -73,28 +71,16 @@ def export_layer(layer: str, fmt: str) -> Response:
         query.bbox = parse_bounds(request.args["bounds"])
     if request.args.get("where"):
         query.filter = attribute_filter(request.args["where"])
-    directory = tempfile.mkdtemp(prefix="geoharbor-export-")
-    try:
+
+    def write(directory: Path) -> Path:
         path = export(coll.provider, query, fmt, directory, name, MAX_FEATURES)
-        if zipped and path.suffix != ".zip":
-            path = _zip_one(path)
-        handle = open(path, "rb")  # noqa: SIM115 - closed by the response when sent
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)  # the open file stays readable until closed
-    size = os.fstat(handle.fileno()).st_size
-    spec = FORMATS[fmt]
-    media_type = "application/zip" if path.suffix == ".zip" else spec.media_type
-    response = send_file(
-        handle,
-        mimetype=media_type,
-        as_attachment=True,
-        download_name=f"{safe_name(name)}{path.suffix}",
-        conditional=False,
-        etag=False,
-        max_age=0,
+        return _zip_one(path) if zipped and path.suffix != ".zip" else path
+
+    return written_attachment(
+        write,
+        lambda path: "application/zip" if path.suffix == ".zip" else FORMATS[fmt].media_type,
+        safe_name(name),
     )
-    response.headers["Content-Length"] = str(size)
-    return response
 
 
 def _zip_one(path: Path) -> Path:
