@@ -350,11 +350,15 @@ class Compiler[F]:
                 self._arity(op, args, 1)
                 if op == "accenti":
                     raise InvalidQuery("filter: ACCENTI is not supported")
+                if op == "upper":
+                    return self.d.fmt("upper({})", self.value(args[0], depth + 1, field))
                 return self.d.lower(self.value(args[0], depth + 1, field))
             if op in ARITHMETIC and isinstance(args, list):
                 self._arity(op, args, 2)
                 lhs = self.value(args[0], depth + 1)
                 rhs = self.value(args[1], depth + 1)
+                if op == "/":  # CQL2 divides as reals; SQL would truncate two integers
+                    return self.d.fmt("(CAST({} AS DOUBLE PRECISION) / {})", lhs, rhs)
                 return self.d.fmt("({} " + ARITHMETIC[op] + " {})", lhs, rhs)
             raise InvalidQuery(f"filter: unsupported expression {str(op or node)[:60]!r}")
         if isinstance(node, list):

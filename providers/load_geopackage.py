@@ -100,7 +100,7 @@ def load_geopackage(
             multi = _multi_code(existing.geometry)
         else:
             if existing is not None:
-                _drop(conn, existing)
+                drop_layer_table(conn, existing)
             elif _taken(conn, name):
                 raise Conflict(f"table {name!r} already exists")
             srs_id = _create(conn, tables, plan, name)
@@ -117,12 +117,14 @@ def load_geopackage(
         )
         extent = [math.inf, math.inf, -math.inf, -math.inf]
         for chunk in plan.batches(batch):
-            columns = [_values(python_values(chunk.column(c.source), c.kind), c.kind) for c in plan.columns]
+            columns = [
+                column_values(python_values(chunk.column(c.source), c.kind), c.kind) for c in plan.columns
+            ]
             wkbs = [
                 None if w is None else promoted(w, multi)
                 for w in chunk.column(plan.geometry_column).to_pylist()
             ]
-            columns.append(_blobs(wkbs, srs_id, transformer, extent))
+            columns.append(geometry_blobs(wkbs, srs_id, transformer, extent))
             try:
                 conn.executemany(statement, zip(*columns, strict=True))
             except sqlite3.IntegrityError as exc:
@@ -131,7 +133,7 @@ def load_geopackage(
             if progress is not None:
                 progress(written, max(plan.total, written))
         _create_indexes(conn, table_name, plan.indexes)
-        _update_contents(conn, table_name, extent, mode is Mode.APPEND)
+        update_contents(conn, table_name, extent, mode is Mode.APPEND)
     gpkg.bump_revision(table_name)
     return LoadResult(table_name, written, target_srid, plan.geometry_type, plan.columns, mode)
 
@@ -159,7 +161,7 @@ def _multi_code(geometry_type: str | None) -> int | None:
     return {"MULTIPOINT": 4, "MULTILINESTRING": 5, "MULTIPOLYGON": 6}.get((geometry_type or "").upper())
 
 
-def _drop(conn: sqlite3.Connection, info: TableInfo) -> None:
+def drop_layer_table(conn: sqlite3.Connection, info: TableInfo) -> None:
     """The table, its R-tree and every metadata row about it (as GeoPackageTables.drop does)."""
     if info.geometry_column:
         conn.execute(
@@ -234,7 +236,7 @@ def _create_indexes(conn: sqlite3.Connection, table: str, columns: tuple[str, ..
         )
 
 
-def _values(values: list[Any], kind: str) -> list[Any]:
+def column_values(values: list[Any], kind: str) -> list[Any]:
     """Python values as GeoPackage stores them: times as ISO 8601 text, booleans as 0/1."""
     if kind in ("timestamp", "timestamptz"):
         return [None if v is None else _datetime_text(v) for v in values]
@@ -253,7 +255,7 @@ def _datetime_text(value: datetime | date | time) -> str:
     return value.isoformat(timespec="milliseconds") if isinstance(value, datetime) else value.isoformat()
 
 
-def _blobs(
+def geometry_blobs(
     wkbs: list[bytes | None], srs_id: int, transformer: Transformer | None, extent: list[float]
 ) -> list[bytes | None]:
     """GeoPackage blobs (header with the xy envelope, then ISO WKB); widens ``extent``."""
@@ -280,7 +282,7 @@ def _blobs(
     return out
 
 
-def _update_contents(conn: sqlite3.Connection, table: str, extent: list[float], widen: bool) -> None:
+def update_contents(conn: sqlite3.Connection, table: str, extent: list[float], widen: bool) -> None:
     """The layer's extent and last change in gpkg_contents (widened when appending)."""
     if math.isinf(extent[0]):
         conn.execute(
