@@ -22,7 +22,9 @@ All on the same table ``parcels``, with the same number of worker processes each
   tiles at ``/collections/parcels/tiles/WebMercatorQuad/{z}/{y}/{x}?f=mvt``;
 * the raw floor: the statement geoharbor's ``PostGISProvider.tile()`` executes for each
   tile (captured from the provider, built from the same config), replayed with psycopg
-  from threads holding one connection each.
+  from threads holding one connection each;
+* the HTTP floor: a bare WSGI app under gunicorn with geoharbor's worker model, returning
+  a constant body of a z14 tile's size: what any Python HTTP answer costs here.
 
 Scenarios: seeded random tiles at z6, z10 and z14 inside the data extent, cold and warm,
 at client concurrency 1 and 8. Server helpers, the load generator, percentiles, CPU and
@@ -144,6 +146,38 @@ def write_geoharbor_config(
         "collections": {"parcels": {"source": "bench", "table": "public.parcels"}},
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+#: The HTTP floor's application: a constant body, the least a WSGI answer can do.
+BARE_APP = """\
+import os
+
+BODY = b"x" * int(os.environ.get("BARE_BODY_BYTES", "600"))
+HEADERS = [("Content-Type", "application/vnd.mapbox-vector-tile"), ("Content-Length", str(len(BODY)))]
+
+
+def app(environ, start_response):
+    start_response("200 OK", HEADERS)
+    return [BODY]
+"""
+
+
+def start_bare_floor(
+    work: Path, workers: int, threads: int, body_bytes: int, env: dict[str, str]
+) -> bench.Server:
+    """gunicorn serving :data:`BARE_APP` with geoharbor's worker model (gthread with keep-alive, or sync)."""
+    (work / "bare_app.py").write_text(BARE_APP)
+    port = bench.free_port()
+    model = (
+        ["--worker-class", "gthread", "--threads", str(threads)]
+        if threads > 1
+        else ["--worker-class", "sync"]
+    )
+    cmd = [bench.venv_bin("gunicorn"), "--workers", str(workers), "--bind", f"{HOST}:{port}", *model]
+    cmd += ["--chdir", str(work), "bare_app:app"]
+    return bench.start_server(
+        "bare", cmd, {**env, "BARE_BODY_BYTES": str(body_bytes)}, work / "bare.log", port, "/ready"
+    )
 
 
 def write_pygeoapi_config(path: Path, port: int, ds: bench.Dataset, pg_host: str, pg_user: str) -> None:
@@ -548,6 +582,12 @@ def main(argv: list[str] | None = None) -> int:
         help="skip a cell whose target's probe latency x queue depth exceeds this, s (default 20)",
     )
     p.add_argument("--tipg-venv", default=str(HERE / ".venv-tipg"), help="venv for tipg (made on first use)")
+    p.add_argument(
+        "--no-http-floor",
+        dest="http_floor",
+        action="store_false",
+        help="skip the HTTP floor (a bare gunicorn app with a constant body, one cell per concurrency)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: fewer tiles, 1 s cells")
     p.add_argument("--out", default=str(RESULTS / "tiles-latest.md"), help="Markdown report path")
     p.add_argument("--keep", action="store_true", help="keep the generated configs and server logs")
@@ -587,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     caps: dict[str, str] = {}
     rss: dict[str, dict[str, Any]] = {}
     cold_check: dict[str, Any] = {}
+    http_floor: list[bench.Cell] = []
     tipg_ver = "not run"
 
     lists = {z: tile_list(z, args.tiles, args.seed) for z in zooms}
@@ -903,10 +944,43 @@ def main(argv: list[str] | None = None) -> int:
             if cell.requests == 0 and not cell.errors:
                 problems.append(f"{key} c={conc} {t}: no request completed in the cell")
 
+        # -- the HTTP floor: a bare gunicorn app, same worker model, a z14 tile's bytes -------------
+        if args.http_floor:
+            sizes = [
+                c.mean_bytes for c in cells if c.target == "geoharbor" and c.requests and "z14" in c.scenario
+            ]
+            body_bytes = int(statistics.median(sizes)) if sizes else 600
+            bare = start_bare_floor(work, args.workers, args.threads, body_bytes, env)
+            servers["bare"] = bare
+            bench.wait_ready(bare, 60)
+            if bare.failed:
+                problems.append(f"HTTP floor did not start: {bare.failed}")
+            else:
+                make, req = http_tile_target(bare.port, args.timeout)
+                paths = [tile_path("geoharbor", t) for t in warm_lists[max(zooms)]] if zooms else ["/"]
+                for conc in args.concurrency:
+                    cell = bench.Cell(f"bare {body_bytes} B", "bare", conc)
+                    bench.run_cell(
+                        cell,
+                        make,
+                        paths,
+                        req,
+                        args.duration,
+                        args.warmup,
+                        args.requests,
+                        bench.CpuMeter(ds.dbname, bare),
+                    )
+                    http_floor.append(cell)
+                    log(
+                        f"HTTP floor c={conc} {cell.rps:9.1f} req/s  p50 {cell.p50_ms:8.2f} ms  "
+                        f"app {bench.fmt(cell.app_cpu_ms, 2)} ms/req"
+                    )
+            bench.stop_server(bare)
+
         # -- memory: one z6 tile per server -------------------------------------------------------
         heavy = lists[min(zooms)][0]
         for name, server in servers.items():
-            if name == "geoharbor" or server.failed or server.proc.poll() is not None:
+            if name in ("geoharbor", "bare") or server.failed or server.proc.poll() is not None:
                 continue
             target = "geoharbor" if name == "geoharbor-cold" else name
             zh = heavy[0]
@@ -923,7 +997,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         for name, server in servers.items():
-            if server.proc.poll() is not None and not server.failed:
+            if server.proc.poll() is not None and not server.failed and name != "bare":
                 problems.append(
                     f"{name} exited during the run (code {server.proc.returncode}):\n{server.log_tail()}"
                 )
@@ -958,7 +1032,21 @@ def main(argv: list[str] | None = None) -> int:
         "tile_options": dict(floor.options) if floor else {},
     }
     md = report(
-        args, ds, zooms, modes, targets, lists, warm_lists, cells, samples, caps, rss, notes, problems, meta
+        args,
+        ds,
+        zooms,
+        modes,
+        targets,
+        lists,
+        warm_lists,
+        cells,
+        samples,
+        caps,
+        rss,
+        notes,
+        problems,
+        meta,
+        http_floor,
     )
     print(md)
     out = Path(args.out)
@@ -977,6 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
                 "args": vars(args),
                 "dataset": vars(ds),
                 "cells": [vars(c) for c in cells],
+                "http_floor": [vars(c) for c in http_floor],
                 "samples": [vars(s) for s in samples],
                 "caps": caps,
                 "cold_check": cold_check,
@@ -1034,7 +1123,21 @@ def _x(v: float | None, target: str = "") -> str:
 
 
 def report(
-    args, ds, zooms, modes, targets, lists, warm_lists, cells, samples, caps, rss, notes, problems, meta
+    args,
+    ds,
+    zooms,
+    modes,
+    targets,
+    lists,
+    warm_lists,
+    cells,
+    samples,
+    caps,
+    rss,
+    notes,
+    problems,
+    meta,
+    http_floor=(),
 ) -> str:
     fmt = bench.fmt
     by = {(c.scenario, c.target, c.concurrency): c for c in cells}
@@ -1161,6 +1264,35 @@ def report(
     )
     L.append("")
 
+    # -- the HTTP floor --------------------------------------------------------------------------
+    if http_floor:
+        L.append("## HTTP floor")
+        L.append("")
+        L.append(
+            f"A bare WSGI app under gunicorn ({args.workers} workers, {_model(args.threads)}) answering every "
+            "request with a constant body of a z14 tile's size, measured in this run with the same client: "
+            "no Python HTTP server answers faster on this machine. geoharbor's z14 cells beside it."
+        )
+        L.append("")
+        L.append(
+            "| conc | bare req/s | p50 ms | app CPU ms/req | gh z14 warm req/s | p50 ms | app CPU ms/req "
+            "| gh z14 cold p50 ms | raw floor z14 cold p50 ms |"
+        )
+        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for c in http_floor:
+            warm, cold = (
+                get("z14-warm", "geoharbor", c.concurrency),
+                get("z14-cold", "geoharbor", c.concurrency),
+            )
+            raw = get("z14-cold", "raw", c.concurrency)
+            L.append(
+                f"| {c.concurrency} | {fmt(c.rps)} | {fmt(c.p50_ms, 2)} | {fmt(c.app_cpu_ms, 2)} | "
+                f"{fmt(warm.rps) if warm else '-'} | {fmt(warm.p50_ms, 2) if warm else '-'} | "
+                f"{fmt(warm.app_cpu_ms, 2) if warm else '-'} | {fmt(cold.p50_ms, 2) if cold else '-'} | "
+                f"{fmt(raw.p50_ms, 2) if raw else '-'} |"
+            )
+        L.append("")
+
     # -- content ---------------------------------------------------------------------------------
     L.append("## Tile content (decoded samples)")
     L.append("")
@@ -1263,7 +1395,8 @@ def report(
         "asyncpg pool of up to 10 connections per worker).",
         "Warm for geoharbor: before its first warm cell of a zoom every tile of the warm set is requested "
         f"{3 * args.workers + 2} times, so each worker process has cached it; every warm request still reads the "
-        "collection's revision from PostgreSQL (see db CPU ms/req).",
+        "collection's revision from PostgreSQL (see db CPU ms/req); a tile the worker holds under that revision is "
+        "answered before Flask (server/tile_fast_path.py).",
         "A target slower than 0.5 s per tile in the sequential content check gets request-capped cells without warm-up "
         f"(at most {args.slow_cap} requests), so that one slow server cannot stretch the run.",
         "Load generator: run.py's (Python threads, one http.client connection each; identity encoding, so tile sizes "

@@ -7,6 +7,11 @@ last write, whichever worker made it. A tile this process has not cached is buil
 in the same round trip as that read (see :func:`_unseen_tile`). ETags are hashes of
 the tile's bytes, computed once per build: a tile that an edit did not change keeps
 its ETag and still answers 304.
+
+A request for a tile this process holds under the current revision is answered before
+Flask by server/tile_fast_path.py. Both paths read revisions with ``Registry.tile_state``,
+find tiles with :func:`cached_layer` (named by :func:`tile_key`), join layers with
+:func:`composite_layers` and answer with :func:`tile_answer`: their answers are the same.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import orjson
 from cachetools import LRUCache
 from flask import Blueprint, Response, current_app, request
 from werkzeug.datastructures import MultiDict
+from werkzeug.http import parse_etags
 
 from providers.base import TileRequest
 from providers.errors import InvalidQuery, NotFound, ProviderError
@@ -42,6 +48,9 @@ SYNCS_ITSELF = frozenset({"tiles.collection_tile", "tiles.composite_tile"})
 
 #: The largest number of collections one composite tile may hold.
 MAX_COMPOSITE = 32
+
+#: The query of a tile asked for without parameters.
+NO_ARGS: MultiDict = MultiDict()
 
 
 class TileCache:
@@ -104,6 +113,14 @@ def _cache() -> TileCache:
     return _state().tile_cache
 
 
+def tile_key(cid: str, revision: int, tms_id: str, z: int, y: int, x: int, args: MultiDict) -> tuple:
+    """The name of a collection's tile in the cache, for every path that serves tiles.
+
+    The revision is part of it: a tile cached before a write is never found after it.
+    """
+    return (cid, revision, tms_id, z, y, x, tuple(sorted(args.items(multi=True))) if args else ())
+
+
 def _coordinates(tms: TileMatrixSet, z: str, y: str, x: str) -> tuple[int, int, int]:
     try:
         zi, yi, xi = int(z), int(y), int(x)
@@ -128,29 +145,62 @@ def _tile_request(coll: Collection, tms: TileMatrixSet, z: int, y: int, x: int) 
     )
 
 
-def _args_key(args: MultiDict) -> tuple:
-    return tuple(sorted(args.items(multi=True))) if args else ()
+def cached_layer(
+    cache: TileCache,
+    coll: Collection,
+    revision: int | None,
+    tms: TileMatrixSet,
+    z: int,
+    y: int,
+    x: int,
+    args: MultiDict,
+) -> tuple[CachedTile, tuple | None] | None:
+    """One collection's MVT layer if it need not be built: outside the collection's zooms
+    (empty), or cached under ``revision``; with its cache key (None when not cached).
 
-
-def _layer_tile(
-    coll: Collection, revision: int | None, tms: TileMatrixSet, z: int, y: int, x: int, args: MultiDict
-) -> tuple[CachedTile, tuple | None]:
-    """One collection's MVT layer, from the cache when its revision has not moved; with its
-    cache key (None when it is not cached)."""
+    ``revision`` must have been read for this request (``Registry.tile_state``).
+    """
     if not coll.tiles["minzoom"] <= z <= coll.tiles["maxzoom"]:
         return EMPTY, None
     if revision is None:
-        query = tile_query(args, coll.provider.schema)
-        return CachedTile(coll.provider.tile(_tile_request(coll, tms, z, y, x), query)), None
-    cache = _cache()
+        return None
     cache.revisions[coll.id] = revision
-    key = (coll.id, revision, tms.id, z, y, x, _args_key(args))
+    key = tile_key(coll.id, revision, tms.id, z, y, x, args)
     found = cache.get(key)
-    if found is None:  # the parameters are checked here: a cached tile's were, when it was built
-        query = tile_query(args, coll.provider.schema)
-        found = CachedTile(coll.provider.tile(_tile_request(coll, tms, z, y, x), query))
-        cache.put(key, found)
-    return found, key
+    return None if found is None else (found, key)
+
+
+def layer_tile(
+    cache: TileCache,
+    coll: Collection,
+    revision: int | None,
+    tms: TileMatrixSet,
+    z: int,
+    y: int,
+    x: int,
+    args: MultiDict,
+) -> tuple[CachedTile, tuple | None]:
+    """One collection's MVT layer, from the cache when its revision has not moved, else
+    built (and cached when the revision is known); with its cache key (None when not cached)."""
+    found = cached_layer(cache, coll, revision, tms, z, y, x, args)
+    if found is not None:
+        return found
+    # The parameters are checked here: a cached tile's were, when it was built.
+    query = tile_query(args, coll.provider.schema)
+    tile = CachedTile(coll.provider.tile(_tile_request(coll, tms, z, y, x), query))
+    if revision is None:
+        return tile, None
+    key = tile_key(coll.id, revision, tms.id, z, y, x, args)
+    cache.put(key, tile)
+    return tile, key
+
+
+def probably_cached(cache: TileCache, cid: str, tms_id: str, z: int, y: int, x: int, args: MultiDict) -> bool:
+    """Whether this process holds the tile under the last revision it read of the collection:
+    then the tile is probably current, and reading the revision alone is the cheapest way
+    to serve it."""
+    last = cache.revisions.get(cid)
+    return last is not None and cache.get(tile_key(cid, last, tms_id, z, y, x, args)) is not None
 
 
 def _unseen_tile(
@@ -168,10 +218,8 @@ def _unseen_tile(
     """
     state = _state()
     cache: TileCache = state.tile_cache
-    last = cache.revisions.get(coll.id)
-    args_key = _args_key(args)
-    if last is not None and cache.get((coll.id, last, tms.id, z, y, x, args_key)) is not None:
-        return None  # probably still current: reading the revisions alone is cheaper
+    if probably_cached(cache, coll.id, tms.id, z, y, x, args):
+        return None  # reading the revisions alone is cheaper
     provider = coll.provider
     if not isinstance(provider, PostGISProvider) or not coll.tiles["minzoom"] <= z <= coll.tiles["maxzoom"]:
         return None
@@ -189,7 +237,7 @@ def _unseen_tile(
     _require_read([coll])
     revision = revisions[provider.revision_key]
     cache.revisions[coll.id] = revision
-    tile, key = CachedTile(data), (coll.id, revision, tms.id, z, y, x, args_key)
+    tile, key = CachedTile(data), tile_key(coll.id, revision, tms.id, z, y, x, args)
     cache.put(key, tile)
     return tile, key
 
@@ -222,12 +270,15 @@ def _client_gone() -> Callable[[], bool] | None:
     return gone
 
 
-def _tile_response(tile: CachedTile, key: tuple | None = None) -> Response:
-    """Empty tiles are 204 (or an empty MVT); gzip only for clients that ask for it.
+def tile_answer(
+    cache: TileCache, settings: dict[str, Any], tile: CachedTile, key: tuple | None, environ: dict[str, Any]
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The status, headers (all but CORS's) and body answering a request for ``tile``.
 
-    ``key`` is the tile's cache key, under which its gzip form is kept too.
+    Empty tiles are 204 (or an empty MVT); gzip only for clients that ask for it; 304
+    when the client holds the tile (``If-None-Match``). ``key`` is the tile's cache key,
+    under which its gzip form is kept too; ``settings`` are ``server.tiles``.
     """
-    settings = current_app.config["GEOHARBOR"]["server"]["tiles"]
     # Without a max-age clients revalidate every tile: a cheap 304 unless an edit changed it.
     max_age = settings["max_age"]
     headers = [
@@ -235,23 +286,39 @@ def _tile_response(tile: CachedTile, key: tuple | None = None) -> Response:
         ("Cache-Control", f"public, max-age={max_age}" if max_age else "public, no-cache"),
         ("Vary", "Accept-Encoding"),
     ]
-    if "HTTP_IF_NONE_MATCH" in request.environ and request.if_none_match.contains(tile.etag[1:-1]):
-        return Response(status=304, headers=headers)
+    # If-None-Match compares weakly (RFC 9110 13.1.2): a proxy that gzips marks ETags weak.
+    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+    if if_none_match is not None and parse_etags(if_none_match).contains_weak(tile.etag[1:-1]):
+        return 304, headers, b""
     data = tile.data
     if not data and settings["empty"] == "204":
-        return Response(status=204, headers=headers)
-    if len(data) >= settings["gzip_min_bytes"] and "gzip" in request.environ.get("HTTP_ACCEPT_ENCODING", ""):
-        data = _gzipped(tile, key)
+        return 204, headers, b""
+    if len(data) >= settings["gzip_min_bytes"] and "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+        data = _gzipped(cache, tile, key)
         headers.append(("Content-Encoding", "gzip"))
-    return Response(data, headers=headers, content_type=MVT)
+    headers += [("Content-Type", MVT), ("Content-Length", str(len(data)))]
+    return 200, headers, data
 
 
-def _gzipped(tile: CachedTile, key: tuple | None) -> bytes:
+class TileResponse(Response):
+    """A response whose headers are all given: no default Content-Type on a 204 or a 304."""
+
+    default_mimetype = None
+
+
+def _tile_response(tile: CachedTile, key: tuple | None = None) -> Response:
+    """:func:`tile_answer` as Flask's response (the CORS hook adds its headers after)."""
+    settings = current_app.config["GEOHARBOR"]["server"]["tiles"]
+    status, headers, body = tile_answer(_cache(), settings, tile, key, request.environ)
+    return TileResponse(body, status=status, headers=headers)
+
+
+def _gzipped(cache: TileCache, tile: CachedTile, key: tuple | None) -> bytes:
     """The tile compressed, once per cached tile rather than once per request."""
-    cache = _cache()
     found = cache.get((*key, "gzip")) if key is not None else None
     if found is None:
-        found = CachedTile(gzip.compress(tile.data, compresslevel=5), tile.etag)
+        # No time in the gzip header: every worker sends the same bytes under the tile's ETag.
+        found = CachedTile(gzip.compress(tile.data, compresslevel=5, mtime=0), tile.etag)
         if key is not None:
             cache.put((*key, "gzip"), found)
     return found.data
@@ -443,19 +510,20 @@ def collection_tile(cid: str, tms_id: str, z: str, y: str, x: str) -> Response:
     if found is None:
         [(coll, revision)] = _state().registry.tile_state([cid])
         _require_read([coll])
-        found = _layer_tile(coll, revision, tms, zi, yi, xi, args)
+        found = layer_tile(_cache(), coll, revision, tms, zi, yi, xi, args)
     return _tile_response(*found)
 
 
 # -- composite tiles: several collections, one layer each ---------------------------------------
-def _composite_ids() -> list[str]:
-    raw = request.args.get("collections", "")
+def composite_ids(args: MultiDict) -> list[str]:
+    """The collections of a composite tile (``collections=a,b``), each once, in order."""
+    raw = args.get("collections", "")
     ids = [c.strip() for c in raw.split(",") if c.strip()]
     if not ids:
         raise InvalidQuery("collections: name one or more collections, comma-separated")
     if len(ids) > MAX_COMPOSITE:
         raise InvalidQuery(f"collections: at most {MAX_COMPOSITE} collections in one tile")
-    unknown = [k for k in request.args if k not in ("collections", "f")]
+    unknown = [k for k in args if k not in ("collections", "f")]
     if unknown:
         raise InvalidQuery(f"unknown query parameter {unknown[0][:60]!r}")
     return list(dict.fromkeys(ids))
@@ -464,24 +532,30 @@ def _composite_ids() -> list[str]:
 @blueprint.route("/tiles/<tms_id>/tilejson.json")
 def composite_tilejson(tms_id: str) -> Response:
     registry = _state().registry
-    colls = [registry.get(cid) for cid in _composite_ids()]
+    colls = [registry.get(cid) for cid in composite_ids(request.args)]
     tms = get_tms(tms_id)
     names = ",".join(c.id for c in colls)
     template = url(f"/tiles/{tms.id}") + "/{z}/{y}/{x}?collections=" + names
     return _json(_tilejson(colls, tms, template, names))
 
 
+def composite_layers(layers: list[CachedTile]) -> CachedTile:
+    """Single-layer tiles as one tile: a tile is a sequence of layers, so their bytes
+    concatenated are one valid tile."""
+    return layers[0] if len(layers) == 1 else CachedTile(b"".join(layer.data for layer in layers))
+
+
 @blueprint.route("/tiles/<tms_id>/<z>/<y>/<x>")
 def composite_tile(tms_id: str, z: str, y: str, x: str) -> Response:
-    ids = _composite_ids()
+    ids = composite_ids(request.args)
     tms = get_tms(tms_id)
     zi, yi, xi = _coordinates(tms, z, y, x)
     colls = _state().registry.tile_state(ids)
     _require_read([c for c, _ in colls])
-    # A tile is a sequence of layers: concatenated single-layer tiles are one valid tile.
-    layers = [_layer_tile(c, rev, tms, zi, yi, xi, MultiDict())[0] for c, rev in colls]
-    tile = layers[0] if len(layers) == 1 else CachedTile(b"".join(layer.data for layer in layers))
-    return _tile_response(tile)
+    cache = _cache()
+    return _tile_response(
+        composite_layers([layer_tile(cache, c, rev, tms, zi, yi, xi, NO_ARGS)[0] for c, rev in colls])
+    )
 
 
 def _json(body: dict[str, Any]) -> Response:
