@@ -38,7 +38,7 @@ from server.registry import Collection, Registry
 LOGGER = logging.getLogger(__name__)
 
 Action = Literal["read", "write"]
-SCOPES = ("read", "write", "admin")
+SCOPES = ("read", "write", "sql", "admin")
 #: What each stored permission grants on a resource.
 GRANTS: dict[str, frozenset[str]] = {
     "READ": frozenset({"read"}),

@@ -7,6 +7,17 @@ with the master key. Commands that print a key print it once, alone on its line 
 stdout; everything else goes to stderr, so ``KEY=$(geoharbor key create ...)`` works.
 Bad input (an unknown user, scope or role, a taken name, an expiry in the past)
 exits with 2 and says what is wrong.
+
+``geoharbor serve`` runs gunicorn's threaded workers (gthread), never sync ones: an
+event stream (server/streams.py) holds its thread for as long as the client follows
+it, which would take a whole sync worker away. Each worker gets ``server.threads``
+threads for ordinary requests plus one per event stream it may serve
+(``server.max_streams``); server/streams.py keeps ordinary requests to
+``server.threads`` at once, as before. gevent would serve more streams per worker but
+must patch every blocking call of psycopg, GDAL and pyogrio, which not all of them
+allow; threads need nothing of the libraries. On SIGTERM a worker first ends its
+streams, so a graceful stop is not held up by clients that never leave. Prometheus
+counters of all workers are added up through ``PROMETHEUS_MULTIPROC_DIR`` (server/metrics.py).
 """
 
 from __future__ import annotations
@@ -14,8 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,15 +61,21 @@ def serve(args: argparse.Namespace) -> int:
     path = _config_path(args)
     config = load(path)  # fail here, with the key that is wrong, not in every worker
     _prepare_demo(config)
+    # Before anything imports prometheus_client: it picks its mode when first imported.
+    metrics_dir = _metrics_dir()
+    from server import streams
+
     server = config["server"]
     options = {
         "bind": args.bind or server["bind"],
         "workers": args.workers or server["workers"],
-        "threads": server["threads"],
+        "threads": server["threads"] + streams.max_streams(config),
         "timeout": args.timeout or server["timeout"],
         "graceful_timeout": 30,
         "accesslog": "-" if args.access_log else None,
-        "worker_class": "gthread" if server["threads"] > 1 else "sync",
+        "worker_class": "gthread",
+        "post_worker_init": _end_streams_on_sigterm,
+        "child_exit": _forget_worker,
         # One shared control socket path would make several servers on a host collide.
         "control_socket_disable": True,
         # CQL2 filters with polygons make long URLs; 8190 is gunicorn's largest finite limit.
@@ -83,7 +102,54 @@ def serve(args: argparse.Namespace) -> int:
         Server().run()
     finally:
         _stop(workers)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+#: The directory where gunicorn workers write their Prometheus values (prometheus_client's name).
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _metrics_dir() -> str | None:
+    """Give the workers an empty directory for their Prometheus values; the one made, if any.
+
+    A directory the operator named is emptied of a previous run's values, as
+    prometheus_client requires; else a temporary one is made, removed when serve ends.
+    """
+    given = os.environ.get(METRICS_DIR_ENV)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for name in os.listdir(given):
+            if name.endswith(".db"):
+                os.remove(os.path.join(given, name))
+        return None
+    made = tempfile.mkdtemp(prefix="geoharbor-metrics-")
+    os.environ[METRICS_DIR_ENV] = made
+    return made
+
+
+def _end_streams_on_sigterm(worker: Any) -> None:
+    """gunicorn ``post_worker_init``: on SIGTERM, end the worker's event streams, then stop as usual."""
+    import signal
+
+    from server import streams
+
+    graceful = signal.getsignal(signal.SIGTERM)
+
+    def stop(signum: int, frame: Any) -> None:
+        streams.SHUTDOWN.set()
+        if callable(graceful):
+            graceful(signum, frame)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _forget_worker(server: Any, worker: Any) -> None:
+    """gunicorn ``child_exit``: a dead worker's live gauges go with it (its counters stay summed)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def _start_job_workers(config: dict[str, Any], path: str) -> list[subprocess.Popen]:

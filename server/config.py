@@ -103,6 +103,13 @@ _SCHEMA: dict[str, Any] = {
                 "bind": {"type": "string", "pattern": r"^[^:\s]*:\d+$|^unix:"},
                 "workers": {"type": "integer", "minimum": 1, "maximum": 256},
                 "threads": {"type": "integer", "minimum": 1, "maximum": 256},
+                "max_streams": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "open event streams per process",
+                },
+                "stream_heartbeat_s": {"type": "number", "exclusiveMinimum": 0},
+                "stream_retry_ms": {"type": "integer", "minimum": 0},
                 "timeout": {"type": "integer", "minimum": 1},
                 "url": {"type": ["string", "null"], "pattern": r"^https?://"},
                 "title": {"type": "string"},
@@ -225,6 +232,15 @@ _SCHEMA: dict[str, Any] = {
                 "max_unpacked_mb": {"type": "number", "exclusiveMinimum": 0},
             },
         },
+        "sql": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "the SQL console (POST /api/portal/sql/execute)",
+            "properties": {
+                "max_rows": {"type": "integer", "minimum": 1},
+                "timeout_ms": {"type": "integer", "minimum": 1},
+            },
+        },
         "imports": {
             "type": "object",
             "additionalProperties": False,
@@ -247,6 +263,11 @@ _SCHEMA: dict[str, Any] = {
             "properties": {
                 "workers": {"type": "integer", "minimum": 0, "description": "worker processes serve starts"},
                 "concurrency": {"type": "integer", "minimum": 1, "description": "jobs at once per worker"},
+                "trigger_depth": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "trigger runs started by trigger runs, at most (then the cascade stops)",
+                },
                 "heartbeat_s": {"type": "number", "exclusiveMinimum": 0},
                 "lost_after_s": {"type": "number", "exclusiveMinimum": 0},
             },
@@ -279,8 +300,15 @@ TILE_DEFAULTS: dict[str, Any] = {"cache_mb": 64, "max_age": 0, "empty": "204", "
 REST_DEFAULTS: dict[str, Any] = {"prefix": "/rest/1", "perpage_max": 1000}
 MAPFISH_DEFAULTS: dict[str, Any] = {"prefix": "/mapfish", "limit_max": 10_000}
 DATASETS_DEFAULTS: dict[str, Any] = {"max_upload_mb": 2048, "max_unpacked_mb": 8192}
+SQL_DEFAULTS: dict[str, Any] = {"max_rows": 10_000, "timeout_ms": 10_000}
 IMPORTS_DEFAULTS: dict[str, Any] = {"prefix": "/imports", "roots": [], "remote_timeout_s": 30}
-JOBS_DEFAULTS: dict[str, Any] = {"workers": 1, "concurrency": 1, "heartbeat_s": 5, "lost_after_s": 60}
+JOBS_DEFAULTS: dict[str, Any] = {
+    "workers": 1,
+    "concurrency": 1,
+    "heartbeat_s": 5,
+    "lost_after_s": 60,
+    "trigger_depth": 3,
+}
 COLLECTION_TILE_DEFAULTS: dict[str, Any] = {
     "minzoom": 0,
     "maxzoom": 22,
@@ -349,6 +377,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         "jobs": {**JOBS_DEFAULTS, **raw.get("jobs", {})},
         "wfs": dict(raw.get("wfs", {})),
         "imports": {**IMPORTS_DEFAULTS, **raw.get("imports", {})},
+        "sql": {**SQL_DEFAULTS, **raw.get("sql", {})},
     }
     for name, coll in config["collections"].items():
         source = config["sources"].get(coll["source"])

@@ -74,7 +74,7 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 # -- records and access ------------------------------------------------------------------------
-def _dataset(dataset_id: str, action: owned.Action = "read") -> Record:
+def find_dataset(dataset_id: str, action: owned.Action = "read") -> Record:
     """The record of a dataset the caller may ``action`` (404 when unknown or unreadable)."""
     try:
         key = str(uuid.UUID(dataset_id))
@@ -106,7 +106,7 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _layer(record: Record, name: str | None) -> tuple[Path, Layer, str]:
+def dataset_layer(record: Record, name: str | None) -> tuple[Path, Layer, str]:
     """The file, layer and source driver of a dataset's layer (its first layer when unnamed)."""
     layers = record.body["layers"]
     found = layers[0] if name is None else next((la for la in layers if la["name"] == name), None)
@@ -291,14 +291,14 @@ def list_datasets() -> Response:
 @blueprint.route("/datasets/<dataset_id>", methods=["GET"])
 @blueprint.route("/api/portal/datasets/<dataset_id>", methods=["GET"])
 def get_dataset(dataset_id: str) -> Response:
-    return _json(_view(_dataset(dataset_id)))
+    return _json(_view(find_dataset(dataset_id)))
 
 
 @blueprint.route("/datasets/<dataset_id>", methods=["DELETE"])
 @blueprint.route("/api/portal/datasets/<dataset_id>", methods=["DELETE"])
 def delete_dataset(dataset_id: str) -> Response:
     """Forget the record first: a dataset without files is never listed, files without one are junk."""
-    record = _dataset(dataset_id, "write")
+    record = find_dataset(dataset_id, "write")
     _store().delete(KIND, record.id)
     shutil.rmtree(_root() / str(record.key), ignore_errors=True)
     return Response(status=204)
@@ -307,8 +307,8 @@ def delete_dataset(dataset_id: str) -> Response:
 @blueprint.route("/api/portal/datasets/<dataset_id>/layers/<path:layer>/features", methods=["GET"])
 def layer_features(dataset_id: str, layer: str) -> Response:
     """A page of a layer's features as GeoJSON (lon/lat), with ``total``, ``limit`` and ``offset``."""
-    record = _dataset(dataset_id)
-    path, found, _driver = _layer(record, layer)
+    record = find_dataset(dataset_id)
+    path, found, _driver = dataset_layer(record, layer)
     limit = int_param(request.args, "limit", LIMIT_DEFAULT, 0, LIMIT_MAX)
     offset = int_param(request.args, "offset", 0, 0)
     bbox = _bbox(request.args.get("bbox"))
@@ -354,7 +354,7 @@ def export_posted() -> Response:
         raise InvalidData(f"format must be one of {', '.join(FORMATS)}")
     if layer is not None and not isinstance(layer, str):
         raise InvalidData("layer must be a layer name")
-    return _export(dataset_id, fmt.lower(), layer)
+    return export_layer(dataset_id, fmt.lower(), layer)
 
 
 @blueprint.route("/datasets/<dataset_id>/export", methods=["GET"])
@@ -362,13 +362,13 @@ def export_get(dataset_id: str) -> Response:
     fmt = (request.args.get("format") or "").lower()
     if fmt not in FORMATS:
         raise InvalidQuery(f"format must be one of {', '.join(FORMATS)}")
-    return _export(dataset_id, fmt, request.args.get("layer") or None)
+    return export_layer(dataset_id, fmt, request.args.get("layer") or None)
 
 
-def _export(dataset_id: str, fmt: str, layer_name: str | None) -> Response:
+def export_layer(dataset_id: str, fmt: str, layer_name: str | None) -> Response:
     """Convert into a private temporary directory, open the result, remove the directory, stream."""
-    record = _dataset(dataset_id)
-    path, layer, driver = _layer(record, layer_name)
+    record = find_dataset(dataset_id)
+    path, layer, driver = dataset_layer(record, layer_name)
     name = safe_name(layer.name, "dataset")
     return written_attachment(
         lambda directory: convert(path, layer, driver, fmt, directory, name), FORMATS[fmt].media_type, name

@@ -4,6 +4,12 @@ It also says whether the server is protected by API keys: in *community* mode
 (no key anywhere) anyone may read and every local client may write, which an
 operator must not learn from an incident. Collection ids are those the caller may
 read, and why a layer is not published only an admin is told (it names tables).
+
+The GISPulse fields lead: ``status``, ``version``, ``engine`` (``postgis`` when the
+store or a source is a PostGIS database, where the heavy work runs in SQL, else
+``python``) and ``postgis`` (true when PostGIS sources are configured and all answer).
+``components`` says ``ok`` or ``down`` for the store and each source; the details
+follow (``providers``, ``store``, ``postgis_sources``, ``auth``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ def health() -> Response:
         for entry in sources.values():
             entry["collections"] = [cid for cid in entry["collections"] if cid in visible]
     postgis = [s["up"] for s in sources.values() if s["type"] == "postgis"]
+    config = state.config
     down = [name for name, s in sources.items() if not s["up"]]
     store: dict[str, Any] = {"up": state.registry.store_error is None}
     if state.registry.store_error:
@@ -45,13 +52,18 @@ def health() -> Response:
     if mode == "community":
         auth["writes"] = "local clients only (127.0.0.0/8, ::1)"
         auth["warning"] = COMMUNITY_WARNING
+    components = {"store": "ok" if store["up"] else "down"}
+    components.update({name: "ok" if s["up"] else "down" for name, s in sources.items()})
     body = {
         "status": "degraded" if down else "ok",
         "version": __version__,
+        "engine": "postgis" if postgis or "source" in config["store"] else "python",
+        "postgis": bool(postgis) and all(postgis),
+        "components": components,
         "collections": len(state.registry.collections) if visible is None else len(visible),
         "providers": sources,
         "store": store,
-        "postgis": {"configured": bool(postgis), "reachable": all(postgis) if postgis else None},
+        "postgis_sources": {"configured": bool(postgis), "reachable": all(postgis) if postgis else None},
         "auth": auth,
     }
     response = jsonify(body)

@@ -25,6 +25,12 @@ of an embedded server. Lost jobs are not retried: a load that died has rolled ba
 decides whether to run it again. procrastinate's own row of such a job is failed by
 the same periodic task (its worker heartbeat went stale), so it is not retried either.
 Hosts' clocks must agree (NTP) to well under ``lost_after_s``.
+
+Whoever follows a job live (``GET /jobs/<id>/stream``, server/streams.py) reads the
+events each change publishes on channel ``job:<id>`` (:mod:`providers.events`): its
+state changes, its progress (as often as it is written) and the lines a task writes
+with :meth:`JobContext.log`. Publishing is best effort: an event that cannot be
+stored is logged and the job goes on; its record stays the reference.
 """
 
 from __future__ import annotations
@@ -43,13 +49,23 @@ import procrastinate
 import psycopg
 from procrastinate.jobs import Status
 
-from providers.errors import InvalidQuery, NotFound, ProviderError, Unavailable
+from providers import events
+from providers.errors import Conflict, InvalidQuery, NotFound, ProviderError, Unavailable
 from providers.store import Record, Store
 
 LOGGER = logging.getLogger(__name__)
 
 KIND = "job"
 PENDING, RUNNING, COMPLETE, FAILED = "PENDING", "RUNNING", "COMPLETE", "FAILED"
+#: A job its owner cancelled: it never started, or stopped at its next progress report.
+CANCELLED = "CANCELLED"
+#: The kind of the records asking a job to stop (key: the job id). A record of its own, so
+#: that the runner, which rewrites the job record whole, cannot overwrite the request.
+CANCEL_KIND = "job_cancel"
+
+
+class Cancelled(Exception):
+    """Raised in a running task, at a progress report, when its job has been cancelled."""
 #: procrastinate queue of geoharbor's jobs (its periodic tasks use the default queue).
 QUEUE = "geoharbor"
 #: Advisory lock (class, key) serialising the creation of procrastinate's schema ("jb").
@@ -74,6 +90,24 @@ def task(name: str) -> Callable[[TaskFunction], TaskFunction]:
 
 def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def channel(job_id: str) -> str:
+    """The event channel of a job (see :mod:`providers.events`)."""
+    return f"job:{job_id}"
+
+
+#: The longest log line a job publishes; longer ones are cut.
+MAX_LOG_LINE = 10_000
+
+
+def announce(store: Store, job_id: str, event_type: str, **fields: Any) -> None:
+    """Publish an event (``status``, ``progress``, ``log``) of job ``job_id``; never raises."""
+    body = {"type": event_type, "job_id": job_id, "time": time.time(), **fields}
+    try:
+        events.publish(store, channel(job_id), body)
+    except Exception as exc:  # noqa: BLE001 - a follower's loss must never fail the job
+        LOGGER.warning("job %s: %s event not published: %s", job_id, event_type, exc)
 
 
 class JobContext:
@@ -112,13 +146,18 @@ class JobContext:
             except ProviderError as exc:  # the store is down: the next beat may get through
                 LOGGER.warning("job %s: heartbeat not written: %s", self.id, exc.message)
 
+    def _announce(self, event_type: str, **fields: Any) -> None:
+        announce(self.store, self.id, event_type, **fields)
+
     def start(self) -> None:
         now = time.time()
         self._write(state=RUNNING, started_at=now, worker=_worker_name())
+        self._announce("status", state=RUNNING, message=self._body.get("message", ""), worker=_worker_name())
         self._thread.start()
 
     def progress(self, done: int, total: int, message: str | None = None) -> None:
-        """Report ``done`` of ``total`` (features, steps ...); written at most every half second."""
+        """Report ``done`` of ``total`` (features, steps ...); written and published at most every
+        half second."""
         if done < total and time.monotonic() - self._written < PROGRESS_EVERY:
             self._body["progress"] = {"done": done, "total": total}
             return
@@ -126,12 +165,24 @@ class JobContext:
         if message is not None:
             changes["message"] = message
         self._write(**changes)
+        self._announce("progress", **changes)
+        if self.store.find(CANCEL_KIND, self.id) is not None:
+            raise Cancelled(f"job {self.id} was cancelled")
+
+    def log(self, message: str, level: str = "info") -> None:
+        """A line of the job's log, for whoever follows the job live (not kept in its record)."""
+        number = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        LOGGER.log(number, "job %s: %s", self.id, message)
+        self._announce("log", level=level, message=str(message)[:MAX_LOG_LINE])
 
     def finish(self, state: str, message: str, result: dict[str, Any] | None = None) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
         self._write(state=state, message=message, result=result, finished_at=time.time())
+        self._announce(
+            "status", state=state, message=message, result=result, progress=self._body.get("progress")
+        )
 
 
 def run_job(store: Store, registry: Any, job_id: str, heartbeat_s: float) -> None:
@@ -153,9 +204,15 @@ def run_job(store: Store, registry: Any, job_id: str, heartbeat_s: float) -> Non
     if func is None:
         context.finish(FAILED, f"unknown task {record.body.get('kind')!r}")
         return
+    if store.find(CANCEL_KIND, job_id) is not None:
+        context.finish(CANCELLED, "cancelled before it started")
+        return
     context.start()
     try:
         result = func(context, **context.args)
+    except Cancelled:
+        context.finish(CANCELLED, "cancelled while running")
+        return
     except ProviderError as exc:
         context.finish(FAILED, exc.message)
         raise
@@ -213,7 +270,9 @@ class Jobs:
             "finished_at": None,
             "heartbeat": now,
         }
-        return self.store.insert(KIND, body, key=str(uuid.uuid4()))
+        record = self.store.insert(KIND, body, key=str(uuid.uuid4()))
+        announce(self.store, str(record.key), "status", state=PENDING, message="", task=name)
+        return record
 
     def defer(
         self,
@@ -242,6 +301,7 @@ class Jobs:
             self.store.update(
                 KIND, record.id, {**body, "state": FAILED, "message": f"not queued: {exc}"}, key=job_id
             )
+            announce(self.store, job_id, "status", state=FAILED, message=f"not queued: {exc}")
             raise Unavailable(f"the job queue is unavailable: {exc}") from exc
         return job_id
 
@@ -276,6 +336,22 @@ class Jobs:
             raise NotFound(f"job {job_id[:100]!r} not found")
         return record
 
+    def cancel(self, job_id: str) -> Record:
+        """Ask job ``job_id`` to stop: a waiting job never starts (CANCELLED at once), a running
+        one stops at its next progress report. Returns the job record as it is now."""
+        record = self.get(job_id)
+        if record.body.get("state") not in (PENDING, RUNNING):
+            return record
+        try:
+            self.store.insert(CANCEL_KIND, {"at": time.time()}, key=job_id)
+        except Conflict:
+            pass  # asked already
+        if record.body.get("state") == PENDING:
+            body = {**record.body, "state": CANCELLED, "finished_at": time.time(), "message": "cancelled"}
+            record = self.store.update(KIND, record.id, body, key=record.key)
+            announce(self.store, job_id, "status", state=CANCELLED, message="cancelled")
+        return record
+
     def reap(self) -> list[str]:
         """Mark FAILED the jobs whose runner died: RUNNING (or, in-process, PENDING) with a
         heartbeat older than ``jobs.lost_after_s``; returns their ids."""
@@ -293,6 +369,7 @@ class Jobs:
             body["message"] = f"worker lost: no heartbeat for {silent:.0f} s"
             self.store.update(KIND, record.id, body, key=record.key)
             lost.append(record.key or str(record.id))
+            announce(self.store, lost[-1], "status", state=FAILED, message=body["message"])
         if lost:
             LOGGER.warning("jobs failed as lost: %s", ", ".join(lost))
         return lost
@@ -430,8 +507,10 @@ def load_layer(
     if source not in registry.sources or source in registry.source_errors:
         raise InvalidQuery(f"no usable source named {str(source)[:100]!r}")
     target = registry.sources[source]
+    job.log(f"loading {os.path.basename(path)} into source {source!r}")
     result = loader.load(path, layer, target, table, loader.Mode.CREATE, progress=job.progress, srs=srs)
     record = publish_loaded(registry, source, result, loader.Mode.CREATE, title=title, collection=collection)
+    job.log(f"published collection {record.key!r}: {result.features} features in table {result.table}")
     return {
         "collection": record.key,
         "layer_id": record.id,

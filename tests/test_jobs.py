@@ -32,7 +32,7 @@ from conftest import ADMIN_URL, free_port
 from providers.store import SQLiteStore, Store
 from server.config import validate
 from server.demo import natural_earth_countries
-from server.jobs import COMPLETE, FAILED, KIND, RUNNING, Jobs
+from server.jobs import CANCELLED, COMPLETE, FAILED, KIND, RUNNING, Jobs, apply_schema
 from server.registry import Registry
 
 GEOHARBOR = shutil.which("geoharbor", path=str(Path(sys.executable).parent)) or "geoharbor"
@@ -92,9 +92,9 @@ def served(
         while True:
             assert process.poll() is None, _text(log)
             try:
-                if requests.get(url + "/collections", timeout=2).ok:
+                if requests.get(url + "/collections", timeout=10).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             assert time.monotonic() < deadline, _text(log)
             time.sleep(0.2)
@@ -113,6 +113,7 @@ def _text(log: Any) -> str:
 @pytest.fixture(scope="module")
 def jobs(raw_config: dict[str, Any]) -> Iterator[Jobs]:
     """The queue as a web process sees it: defer and read, never run."""
+    apply_schema(raw_config["sources"]["pg"]["url"])  # the workers may still be starting
     config = validate(raw_config)
     registry = Registry(config)
     queue = Jobs(config, registry)
@@ -218,10 +219,17 @@ def test_workers_share_the_queue_and_a_killed_worker_fails_its_job(
         assert not _table_exists(store_url, big)
         assert jobs.store.find("layer", big) is None
         assert requests.get(f"{served}/collections/{big}", timeout=10).status_code == 404
-        with psycopg.connect(store_url) as conn:  # procrastinate will not run it again either
-            status = conn.execute(
-                "SELECT status FROM procrastinate_jobs WHERE args->>'job' = %s", (big_id,)
-            ).fetchone()
+        # procrastinate will not run it again either: the same periodic task fails its row,
+        # just after our record.
+        deadline = time.monotonic() + 20
+        while True:
+            with psycopg.connect(store_url) as conn:
+                status = conn.execute(
+                    "SELECT status FROM procrastinate_jobs WHERE args->>'job' = %s", (big_id,)
+                ).fetchone()
+            if status is not None and status[0] == "failed" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert status is not None and status[0] == "failed"
     finally:
         second.terminate()
@@ -271,6 +279,28 @@ def test_an_import_whose_worker_is_killed_ends_complete_error_and_publishes_noth
         assert "worker lost" in found["tasks"][0]["errorMessage"]
         assert not _table_exists(store_url, name)
         assert requests.get(f"{served}/collections/{name}", timeout=10).status_code == 404
+    finally:
+        worker.kill()
+        worker.wait(30)
+
+
+def test_cancelled_jobs_stop_and_leave_nothing(served, jobs, store_url, config_path, many):
+    """A running load stops at its next progress report; a waiting one never starts. Both end
+    CANCELLED, and neither leaves a table."""
+    worker = subprocess.Popen([GEOHARBOR, "worker", "-c", str(config_path)], stderr=subprocess.DEVNULL)
+    try:
+        running_name, waiting_name = _name(), _name()
+        running_id = jobs.defer("load_layer", {"path": str(many), "table": running_name})
+        waiting_id = jobs.defer("load_layer", {"path": str(many), "table": waiting_name})
+        assert jobs.cancel(waiting_id).body["state"] in (CANCELLED, RUNNING)
+        body = _wait(jobs.store, running_id, {RUNNING, COMPLETE, FAILED})
+        assert body["state"] == RUNNING, body
+        jobs.cancel(running_id)
+        for job_id, name in ((running_id, running_name), (waiting_id, waiting_name)):
+            ended = _wait(jobs.store, job_id, {COMPLETE, FAILED, CANCELLED}, timeout=60)
+            assert ended["state"] == CANCELLED, ended
+            assert not _table_exists(store_url, name)
+        assert jobs.cancel(running_id).body["state"] == CANCELLED  # ended: nothing more to do
     finally:
         worker.kill()
         worker.wait(30)

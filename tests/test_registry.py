@@ -49,7 +49,7 @@ def test_postgis_schemas_and_geopackage_layers_are_published(pg_url, gpkg_path):
     assert body["features"][0]["geometry"]["type"] == "Point"
     health = client.get("/health").get_json()
     assert health["providers"]["db"]["up"] and health["providers"]["files"]["up"]
-    assert health["postgis"] == {"configured": True, "reachable": True}
+    assert health["postgis"] is True and health["postgis_sources"] == {"configured": True, "reachable": True}
 
 
 def test_unreachable_database_is_reported_not_fatal(gpkg_path):
@@ -70,6 +70,6 @@ def test_unreachable_database_is_reported_not_fatal(gpkg_path):
     response = client.get("/health")
     assert response.status_code == 503
     body = response.get_json()
-    assert body["status"] == "degraded" and body["postgis"]["reachable"] is False
+    assert body["status"] == "degraded" and body["postgis"] is False and body["postgis_sources"]["reachable"] is False
     assert body["providers"]["down"]["up"] is False and "error" in body["providers"]["down"]
     assert client.get("/collections/countries/items?limit=1").status_code == 200  # the rest still serves
