@@ -7,18 +7,24 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from providers.base import WRITE_HOOKS, FeatureProvider
 from server import (
     audit,
+    cors,
     datasets,
     errors,
     features,
     health,
     importer,
     mapfish,
+    metrics,
     ogc,
+    ogc_mount,
+    portal_export,
+    processes,
     ratelimit,
     rest,
     rest_audit,  # noqa: F401 - registers its routes on rest.blueprint
@@ -29,7 +35,14 @@ from server import (
     rest_search,  # noqa: F401
     rest_tables,  # noqa: F401
     rest_users,  # noqa: F401
+    rule_jobs,
+    rule_runs,
+    rules,
+    sql_console,
+    streams,
+    tile_fast_path,
     tiles,
+    triggers,
     viewer,
 )
 from server import auth as auth_module
@@ -74,6 +87,14 @@ def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
     app.extensions["geoharbor"] = State(
         config, registry, PygeoapiCore(config, registry), tile_cache, auth, Jobs(config, registry)
     )
+    # Event streams, metrics, SQL console, the /ogc mirror and the portal's export body: before
+    # ProxyFix (the /ogc mount adds to the prefix it sets) and the datasets blueprint (the
+    # portal export answers their shared path first).
+    streams.install(app)
+    metrics.install(app)
+    for blueprint in (ogc_mount.blueprint, sql_console.blueprint, portal_export.blueprint):
+        app.register_blueprint(blueprint)
+    app.wsgi_app = ogc_mount.OgcMount(app.wsgi_app)  # type: ignore[method-assign]
     if config["server"]["trust_proxy_headers"]:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
     errors.install(app)
@@ -114,31 +135,25 @@ def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
     app.register_blueprint(datasets.blueprint)
     errors.use_format(app, "/datasets", datasets.detail_error)
     errors.use_format(app, "/api/portal", datasets.detail_error)
-    _install_cors(app, config["server"]["cors_origins"])
+    _install_platform(app, state)
+    # CORS on every response; tiles cached under the current revision answered before Flask.
+    tile_fast_path.install(app, cors.install(app, config["server"]["cors_origins"]))
     LOGGER.info("geoharbor serving %d collections", len(registry.collections))
     return app
 
 
-def _install_cors(app: Flask, origins: list[str]) -> None:
-    """Web maps on other origins read every OGC response (OpenLayers, MapLibre)."""
-    allowed = set(origins)
+def _install_platform(app: Flask, state: State) -> None:
+    """The platform API (capabilities, rules, jobs, triggers) and the write hook that fires triggers."""
+    for module in (rules, rule_jobs, triggers, processes):
+        app.register_blueprint(module.blueprint)
+    for prefix in ("/capabilities", "/rules", "/jobs", "/triggers"):
+        errors.use_format(app, prefix, datasets.detail_error)
 
-    @app.after_request
-    def cors(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        if "*" in allowed:
-            response.headers["Access-Control-Allow-Origin"] = "*"
-        elif origin and origin in allowed:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers.add("Vary", "Origin")
-        else:
-            return response
-        response.headers["Access-Control-Expose-Headers"] = (
-            "ETag, Location, Link, Content-Crs, OGC-NumberMatched-Estimated"
-        )
-        if request.method == "OPTIONS":
-            response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = (
-                request.headers.get("Access-Control-Request-Headers") or "Content-Type, If-Match, Content-Crs"
-            )
-        return response
+    def fire_triggers(provider: FeatureProvider, ids: list[Any]) -> None:
+        """A committed write: start the runs of the triggers watching its collection."""
+        for coll in state.registry.collections.values():
+            if coll.provider is provider:
+                rule_runs.fire(state.registry, state.jobs, coll.id, ids)
+                return
+
+    WRITE_HOOKS.append(fire_triggers)

@@ -42,7 +42,7 @@ from providers.geopackage import GeoPackage
 from providers.postgis import PostGISDatabase
 from providers.store import Record, Store
 from providers.tables import check_name, tables_of
-from server import jobs
+from server import jobs, rule_runs
 from server.jobs import JobContext, task
 from server.publish import publish_loaded
 
@@ -346,36 +346,16 @@ class Imports:
     ) -> list[dict[str, Any]]:
         try:
             found = files.detect(directory)
-        except files.NoSpatialData as exc:
+        except InvalidData as exc:  # nothing spatial (NO_FORMAT), or a damaged file (BAD_FORMAT)
             names = sorted(p.name for p in directory.rglob("*") if p.is_file())
-            return [
-                self._new_task(
-                    body,
-                    {
-                        "type": "file",
-                        "format": None,
-                        "file": names[0] if names else None,
-                        "dir": str(directory),
-                    },
-                    state=NO_FORMAT,
-                    message=exc.message,
-                )
-            ]
-        except InvalidData as exc:
-            names = sorted(p.name for p in directory.rglob("*") if p.is_file())
-            return [
-                self._new_task(
-                    body,
-                    {
-                        "type": "file",
-                        "format": None,
-                        "file": names[0] if names else None,
-                        "dir": str(directory),
-                    },
-                    state=BAD_FORMAT,
-                    message=exc.message,
-                )
-            ]
+            data = {
+                "type": "file",
+                "format": None,
+                "file": names[0] if names else None,
+                "dir": str(directory),
+            }
+            state = NO_FORMAT if isinstance(exc, files.NoSpatialData) else BAD_FORMAT
+            return [self._new_task(body, data, state=state, message=exc.message)]
         return [
             self._file_task(body, directory, spatial, layer, public)
             for spatial in found
@@ -738,6 +718,7 @@ class Imports:
         published = publish_loaded(
             self.registry, source, result, mode, title=layer.get("title"), owner=record.body.get("owner")
         )
+        rule_runs.fire(self.registry, self.jobs, published.key, None)  # a load changes the whole layer
         return {
             "collection": published.key,
             "layer_id": published.id,

@@ -52,6 +52,11 @@ EXTRA_CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/update",
     "http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/features",
     "http://www.opengis.net/spec/ogcapi-features-5/1.0/conf/queryables",
+    # The capabilities as processes (server/processes.py).
+    "http://www.opengis.net/spec/ogcapi-processes-1/1.0/conf/core",
+    "http://www.opengis.net/spec/ogcapi-processes-1/1.0/conf/json",
+    "http://www.opengis.net/spec/ogcapi-processes-1/1.0/conf/job-list",
+    "http://www.opengis.net/spec/ogcapi-processes-1/1.0/conf/dismiss",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
     "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tileset",
@@ -536,6 +541,8 @@ def _add_family_paths(doc: dict[str, Any], config: dict[str, Any]) -> None:
         datasets,
         importer,
         mapfish,
+        portal_export,
+        processes,
         rest_audit,
         rest_buffer,
         rest_export,
@@ -544,10 +551,22 @@ def _add_family_paths(doc: dict[str, Any], config: dict[str, Any]) -> None:
         rest_search,
         rest_tables,
         rest_users,
+        rule_jobs,
+        rules,
+        sql_console,
+        streams,
+        triggers,
     )
 
     families = [(config["mapfish"]["prefix"], mapfish, "MapFish protocol"), ("", datasets, "Datasets")]
+    families += [
+        ("", portal_export, "Datasets"),
+        ("", streams, "Event streams"),
+        ("", sql_console, "SQL console"),
+    ]
     families.append((config["imports"]["prefix"], importer, "Importer"))
+    families += [("", rules, "Platform"), ("", rule_jobs, "Platform"), ("", triggers, "Platform")]
+    families.append(("", processes, "OGC API - Processes"))
     families += [
         (config["rest"]["prefix"], module, "REST CRUD")
         for module in (

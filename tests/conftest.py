@@ -96,12 +96,17 @@ def _db_url(name: str) -> str:
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     """A fresh PostGIS database loaded with the test data."""
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')  # noqa: S608 - test constant
-        conn.execute(f'CREATE DATABASE "{TEST_DB}"')
-    url = _db_url(TEST_DB)
+    url = fresh_database(TEST_DB)
+    load_countries(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION postgis")
+        conn.execute(DERIVED_SQL)
+    return url
+
+
+def load_countries(url: str) -> None:
+    """PostGIS and Natural Earth countries (table ``countries``, key ``id``, ``geom``) in a new database."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
     subprocess.run(
         [
             "ogr2ogr",
@@ -120,9 +125,19 @@ def pg_url() -> str:
         ],
         check=True,
     )
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(DERIVED_SQL)
-    return url
+
+
+def fresh_database(name: str) -> str:
+    """A new, empty database (dropped first if a run left it); its URL."""
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # noqa: S608 - test constant
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return _db_url(name)
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # noqa: S608 - test constant
 
 
 def _libpq(url: str) -> str:
