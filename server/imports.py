@@ -296,17 +296,7 @@ class Imports:
 
     def add_uploads(self, record: Record, parts: Iterable[tuple[str, IO[bytes]]]) -> tuple[Record, list[int]]:
         """Tasks for uploaded files (a zip is a directory; a Shapefile's parts are one task)."""
-        self._check_editable(record)
-        target = self._fresh_directory(record)
-        try:
-            files.save_parts(parts, target, self.max_unpacked)
-            body = dict(record.body)
-            new = self._tasks_of_directory(body, target, public=None)
-        except BaseException:
-            shutil.rmtree(target, ignore_errors=True)
-            raise
-        body["tasks"] = body["tasks"] + new
-        return self.save(record, body), [t["id"] for t in new]
+        return self._add_fetched(record, lambda target: files.save_parts(parts, target, self.max_unpacked))
 
     def add_path(self, record: Record, path: Path) -> tuple[Record, list[int]]:
         """Tasks for a server-side file or directory (already checked by the caller)."""
@@ -321,11 +311,18 @@ class Imports:
 
     def add_remote(self, record: Record, url: str) -> tuple[Record, list[int]]:
         """Tasks for a file the server fetches from ``url``."""
+        timeout = float(self.settings["remote_timeout_s"])
+        return self._add_fetched(
+            record, lambda target: downloads.download(url, target, self.max_unpacked, timeout)
+        )
+
+    def _add_fetched(self, record: Record, fetch: Callable[[Path], Any]) -> tuple[Record, list[int]]:
+        """Tasks for the files ``fetch`` puts into a fresh directory of the import (removed on failure)."""
         self._check_editable(record)
         target = self._fresh_directory(record)
-        downloads.download(url, target, self.max_unpacked, float(self.settings["remote_timeout_s"]))
-        body = dict(record.body)
         try:
+            fetch(target)
+            body = dict(record.body)
             new = self._tasks_of_directory(body, target, public=None)
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)

@@ -33,7 +33,10 @@ def test_env_substitution_and_defaults(monkeypatch):
             "sources.db.url: environment variable GH_TEST_UNSET_VAR is not set",
         ),
         ({"sources": {"db": {"type": "postgis"}}}, "sources.db"),
-        ({"sources": {"db": {"type": "oracle", "url": "x"}}}, "type must be postgis or geopackage (databases, files) or wfs"),
+        (
+            {"sources": {"db": {"type": "oracle", "url": "x"}}},
+            "type must be postgis or geopackage (databases, files) or wfs",
+        ),
         ({"server": {"workers": 0}}, "server.workers"),
         ({"server": {"limit_default": 500, "limit_max": 100}}, "server.limit_default"),
         ({"server": {"bogus": 1}}, "server: Additional properties are not allowed ('bogus'"),

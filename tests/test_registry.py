@@ -70,6 +70,10 @@ def test_unreachable_database_is_reported_not_fatal(gpkg_path):
     response = client.get("/health")
     assert response.status_code == 503
     body = response.get_json()
-    assert body["status"] == "degraded" and body["postgis"] is False and body["postgis_sources"]["reachable"] is False
+    assert (
+        body["status"] == "degraded"
+        and body["postgis"] is False
+        and body["postgis_sources"]["reachable"] is False
+    )
     assert body["providers"]["down"]["up"] is False and "error" in body["providers"]["down"]
     assert client.get("/collections/countries/items?limit=1").status_code == 200  # the rest still serves
