@@ -66,6 +66,8 @@ CANCEL_KIND = "job_cancel"
 
 class Cancelled(Exception):
     """Raised in a running task, at a progress report, when its job has been cancelled."""
+
+
 #: procrastinate queue of geoharbor's jobs (its periodic tasks use the default queue).
 QUEUE = "geoharbor"
 #: Advisory lock (class, key) serialising the creation of procrastinate's schema ("jb").
@@ -392,6 +394,7 @@ def queue_app(config: dict[str, Any], pool_max: int = 4) -> procrastinate.App:
     every = max(1, min(59, int(lost_after // 2)))
     app.periodic(cron=f"* * * * * */{every}")(app.task(name="reap_lost_jobs", pass_context=True)(_reap))
     app.periodic(cron="*/10 * * * *")(app.task(name="cleanup_staging", pass_context=True)(_cleanup_staging))
+    app.periodic(cron="* * * * * */15")(app.task(name="fire_schedules", pass_context=True)(_fire_schedules))
     return app
 
 
@@ -426,6 +429,14 @@ def _cleanup_staging(context: procrastinate.JobContext, timestamp: int) -> None:
             dropped = cleanup_staging(source)
             if dropped:
                 LOGGER.info("dropped abandoned staging tables: %s", ", ".join(dropped))
+
+
+def _fire_schedules(context: procrastinate.JobContext, timestamp: int) -> None:
+    """Start the runs of SCHEDULE triggers whose time has come (one periodic task for all hosts)."""
+    from server.rule_runs import fire_schedules
+
+    runtime: Jobs = context.additional_context["jobs"]
+    fire_schedules(runtime.registry, runtime, float(timestamp))
 
 
 def apply_schema(url: str) -> bool:

@@ -23,8 +23,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from croniter import croniter
 
 from providers import capabilities, loader
 from providers.base import FeatureProvider
@@ -214,6 +217,40 @@ def fire(registry: Any, queue: Jobs, collection: str, ids: list[Any] | None, dep
             key=record.key,
         )
         evaluation(registry, record.key, collection, "fired", f"job {job_id}")
+        started.append(job_id)
+    return started
+
+
+def fire_schedules(registry: Any, queue: Jobs, now: float) -> list[str]:
+    """Start the runs of the enabled SCHEDULE triggers whose cron time has come since they
+    last fired (or were made); returns the job ids. procrastinate runs this once per period
+    for all workers and hosts, so a time is not fired twice."""
+    started = []
+    for record in registry.store.list(TRIGGER):
+        body = record.body
+        if not body.get("enabled") or body.get("trigger_type") != "SCHEDULE":
+            continue
+        since = datetime.fromtimestamp(body.get("last_fired_at") or record.created, UTC)
+        if croniter(body["schedule"], since).get_next(float) > now:
+            continue
+        args = {
+            "input": body["collection"],
+            "rule_ids": [body["rule_id"]],
+            "output": body["output"],
+            "owner": body.get("owner"),
+            "trigger": record.key,
+            "depth": 1,
+        }
+        job_id = queue.defer("run_rules", args, body.get("owner"))
+        registry.store.update(
+            TRIGGER,
+            record.id,
+            {**body, "fired": body.get("fired", 0) + 1, "last_fired_at": now, "last_job": job_id},
+            key=record.key,
+        )
+        evaluation(
+            registry, record.key, body["collection"], "fired", f"schedule {body['schedule']}: job {job_id}"
+        )
         started.append(job_id)
     return started
 

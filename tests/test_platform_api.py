@@ -270,8 +270,8 @@ def _post_place(api: str, name: str, lon: float, lat: float) -> str:
     return response.headers["Location"].rstrip("/").rpartition("/")[2]
 
 
-def _wait_trigger_job(api: str, tid: str, after: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
+def _wait_trigger_job(api: str, tid: str, after: int, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
     while True:
         trigger = ok(call(api, "GET", f"/triggers/{tid}"))
         if trigger["fired"] > after and trigger["last_job"]:
@@ -398,6 +398,20 @@ def test_a_trigger_cascade_stops_at_the_configured_depth(api):
     assert call(api, "GET", "/collections/loop_c").status_code == 404
     for tid in (a, b, c):
         assert call(api, "DELETE", f"/triggers/{tid}").status_code == 204
+
+
+def test_a_schedule_trigger_runs_at_its_cron_time(api):
+    rid = rule(api, "scheduled_centres", "centroid", {})
+    body = {"name": "every minute", "trigger_type": "schedule", "rule_id": rid, "dataset_id": "countries"}
+    bad = call(api, "POST", "/triggers", json={**body, "schedule": "every minute"})
+    assert bad.status_code == 422 and "schedule" in bad.json()["detail"]
+    made = ok(
+        call(api, "POST", "/triggers", json={**body, "schedule": "* * * * *", "output": "scheduled"}), 201
+    )
+    assert made["trigger_type"] == "SCHEDULE"
+    job = _wait_trigger_job(api, made["id"], 0, timeout=100)  # the next minute, checked every 15 s
+    assert len(features(api, job["result"]["collection"])) == COUNTRIES
+    assert call(api, "DELETE", f"/triggers/{made['id']}").status_code == 204
 
 
 # -- OGC API - Processes ------------------------------------------------------------------------------------
