@@ -273,12 +273,10 @@ def create_tasks(import_id: int) -> Response:
     imports = _imports()
     record = _record(import_id, "write")
     _check_size(imports)
-    parts = [f for f in request.files.values() if f] if request.files else []
-    if request.files:
-        parts = [f for key in request.files for f in request.files.getlist(key)]
+    # Every part, whatever its field name (gn-gsimporter names each after its local path).
+    parts = [(f.filename or key, f.stream) for key in request.files for f in request.files.getlist(key)]
     if parts:
-        named = [(f.filename or key, f.stream) for key, f in zip(_part_keys(), parts, strict=False)]
-        record, made = imports.add_uploads(record, named)
+        record, made = imports.add_uploads(record, parts)
         return _tasks_response(imports, record, made)
     url = request.form.get("url")
     if not url:
@@ -291,10 +289,6 @@ def create_tasks(import_id: int) -> Response:
     else:
         record, made = imports.add_remote(record, url)
     return _tasks_response(imports, record, made)
-
-
-def _part_keys() -> list[str]:
-    return [key for key in request.files for _ in request.files.getlist(key)]
 
 
 def _check_size(imports: Imports) -> None:
