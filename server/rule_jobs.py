@@ -11,6 +11,7 @@ its links. ``GET /jobs/{id}/download?f=`` exports the result.
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -91,9 +92,15 @@ def job_view(record: Record) -> dict[str, Any]:
 
 
 def find_job(job_id: str, action: owned.Action = "read") -> Record:
+    """The job, with the loss of its worker written in if its heartbeat has stopped: the
+    answer is right even when no worker is left to notice."""
     record = owned.find(jobs.KIND, job_id, action, f"job {job_id[:100]}")
     if record.body.get("kind") != TASK:
         raise NotFound(f"job {job_id[:100]} not found")
+    queue = _state().jobs
+    silent = time.time() - (record.body.get("heartbeat") or 0)
+    if record.body["state"] == jobs.RUNNING and silent > queue.settings["lost_after_s"] and queue.reap():
+        record = owned.find(jobs.KIND, job_id, action, f"job {job_id[:100]}")
     return record
 
 

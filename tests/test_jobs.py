@@ -284,6 +284,50 @@ def test_an_import_whose_worker_is_killed_ends_complete_error_and_publishes_noth
         worker.wait(30)
 
 
+def test_a_rules_job_whose_worker_is_killed_ends_failed_and_publishes_nothing(
+    served, jobs, store_url, config_path, many
+):
+    """POST /jobs: a buffer of 1.5M points runs as one statement inside PostgreSQL; SIGKILL its
+    worker: the job is FAILED (worker lost), not RUNNING, and no result layer exists."""
+    worker = subprocess.Popen([GEOHARBOR, "worker", "-c", str(config_path)], stderr=subprocess.DEVNULL)
+    try:
+        source = _name()
+        loaded = _wait(
+            jobs.store, jobs.defer("load_layer", {"path": str(many), "table": source}), {COMPLETE, FAILED}, 90
+        )
+        assert loaded["state"] == COMPLETE, loaded
+        layers_before = {r.key for r in jobs.store.list("layer")}
+        rule = requests.post(
+            f"{served}/rules",
+            json={"name": _name(), "capability": "buffer", "config": {"distance": 10}},
+            timeout=30,
+        )
+        assert rule.status_code == 201, rule.text
+        created = requests.post(
+            f"{served}/jobs",
+            json={"dataset_id": source, "parameters": {"rule_ids": [rule.json()["id"]]}},
+            timeout=30,
+        )
+        assert created.status_code == 201, created.text
+        job_id = created.json()["id"]
+        running = _wait(jobs.store, job_id, {RUNNING, COMPLETE, FAILED})
+        assert running["state"] == RUNNING, running
+        time.sleep(1)  # inside its statement
+        assert jobs.get(job_id).body["state"] == RUNNING, "the buffer ended before its worker could be killed"
+        os.kill(int(running["worker"].rpartition(":")[2]), signal.SIGKILL)
+        # Asking about the job is enough to learn its worker is gone, even with no worker left.
+        deadline = time.monotonic() + 30
+        while (status := requests.get(f"{served}/jobs/{job_id}", timeout=10).json())["status"] == "RUNNING":
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+        assert status["status"] == "FAILED" and "worker lost" in status["error"], status
+        assert status["result"] is None
+        assert {r.key for r in jobs.store.list("layer")} == layers_before
+    finally:
+        worker.kill()
+        worker.wait(30)
+
+
 def test_cancelled_jobs_stop_and_leave_nothing(served, jobs, store_url, config_path, many):
     """A running load stops at its next progress report; a waiting one never starts. Both end
     CANCELLED, and neither leaves a table."""
