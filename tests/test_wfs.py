@@ -420,7 +420,8 @@ def test_tiles_hold_the_remote_features_and_come_from_cache(
         assert again.content == response.content
     after_tiles = len(remote.requests)
     assert after_tiles - sent <= 1
-    for _ in range(4):
+    # Requests land on either worker; each caches for itself. After a dozen, both hold the page.
+    for _ in range(12):
         _items(main, cid, limit=5, offset=3, sortby="name")
     assert len(remote.requests) - after_tiles <= 4  # one page and one count per worker, at most
     settled = len(remote.requests)
