@@ -151,7 +151,7 @@ def load_postgis(
     except ProviderError:
         raise
     except psycopg.Error as exc:
-        raise _error(exc) from exc
+        raise pg_error(exc) from exc
     finally:
         conn.close()
     return LoadResult(target.key, written, plan.srid, plan.geometry_type, plan.columns, mode)
@@ -167,7 +167,7 @@ def cleanup_staging(db: PostGISDatabase) -> list[str]:
         with psycopg.connect(db.url, autocommit=True) as conn:
             return _cleanup(conn)
     except psycopg.Error as exc:
-        raise _error(exc) from exc
+        raise pg_error(exc) from exc
 
 
 def _cleanup(conn: psycopg.Connection) -> list[str]:
@@ -366,8 +366,9 @@ def _insert(
     )
 
 
-def _error(exc: psycopg.Error) -> ProviderError:
-    """A failed load statement as the error its caller should see."""
+def pg_error(exc: psycopg.Error, bad_data: str = "the data does not fit the table") -> ProviderError:
+    """A failed load or write statement as the error its caller should see (``bad_data`` words
+    a row PostgreSQL refused)."""
     diag = getattr(exc, "diag", None)
     message = ((diag.message_primary if diag is not None else None) or str(exc)).splitlines()[0][:300]
     if isinstance(exc, psycopg.errors.DuplicateTable):
@@ -377,5 +378,5 @@ def _error(exc: psycopg.Error) -> ProviderError:
     if isinstance(
         exc, psycopg.errors.DataError | psycopg.errors.IntegrityError | psycopg.errors.InternalError_
     ):
-        return InvalidData(f"the data does not fit the table: {message}")
+        return InvalidData(f"{bad_data}: {message}")
     return ProviderError(message)

@@ -31,6 +31,7 @@ from providers.capabilities.model import Layout
 from providers.capabilities.sql import pg_type
 from providers.capabilities.vector import Frame, fit
 from providers.errors import Conflict, InvalidData, NotFound, ProviderError, Unavailable
+from providers.load_postgis import pg_error
 from providers.postgis import PostGISDatabase
 from providers.tables import GEOMETRY_COLUMN, ID_COLUMN, check_name
 
@@ -225,14 +226,4 @@ def copy_frames(
 
 def error(exc: psycopg.Error) -> ProviderError:
     """A failed chain statement or write as the error its caller should see."""
-    diag = getattr(exc, "diag", None)
-    message = ((diag.message_primary if diag is not None else None) or str(exc)).splitlines()[0][:300]
-    if isinstance(exc, psycopg.errors.DuplicateTable):
-        return Conflict(message)
-    if isinstance(exc, psycopg.OperationalError | psycopg.errors.QueryCanceled):
-        return Unavailable(message)
-    if isinstance(
-        exc, psycopg.errors.DataError | psycopg.errors.IntegrityError | psycopg.errors.InternalError_
-    ):
-        return InvalidData(f"the data cannot be processed: {message}")
-    return ProviderError(message)
+    return pg_error(exc, "the data cannot be processed")
