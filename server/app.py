@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,3 +158,16 @@ def _install_platform(app: Flask, state: State) -> None:
                 return
 
     WRITE_HOOKS.append(fire_triggers)
+
+    if state.jobs.embedded:
+        scheduler: list[Any] = []
+        starting = threading.Lock()
+
+        @app.before_request
+        def run_schedules() -> None:
+            """Embedded mode: fire SCHEDULE triggers from each serving process (started by its
+            first request, so commands that only build the app never fire them)."""
+            if not scheduler:
+                with starting:
+                    if not scheduler:
+                        scheduler.append(rule_runs.start_embedded_schedules(state.registry, state.jobs))

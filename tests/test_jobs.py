@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -385,6 +386,72 @@ def test_embedded_mode_runs_the_same_task_in_process(tmp_path):
     assert items.status_code == 200, items.get_data(as_text=True)
     assert items.get_json()["numberMatched"] == COUNTRIES
     state.registry.close()
+
+
+def test_embedded_schedules_fire_each_cron_time_once_across_processes(tmp_path):
+    """Embedded mode has no procrastinate: each serving process fires SCHEDULE triggers
+    itself, and two processes that see the same cron time due start one run."""
+    from server.app import create_app
+    from server.rule_runs import fire_schedules
+
+    gpkg = tmp_path / "data.gpkg"
+    subprocess.run(
+        ["ogr2ogr", "-f", "GPKG", str(gpkg), str(natural_earth_countries()), "-nln", "seed"], check=True
+    )
+    config = {
+        "sources": {"files": {"type": "geopackage", "path": str(gpkg), "publish": True}},
+        "store": {"path": str(tmp_path / "state.sqlite")},
+        "jobs": JOBS,
+    }
+    first, second = create_app(config), create_app(config)  # two processes' views of one store
+    client = first.test_client()
+    rule = client.post("/rules", json={"name": "centres", "capability": "centroid", "config": {}})
+    assert rule.status_code == 201, rule.get_data(as_text=True)
+    made = client.post(
+        "/triggers",
+        json={
+            "name": "every minute",
+            "trigger_type": "schedule",
+            "schedule": "* * * * *",
+            "rule_id": rule.get_json()["id"],
+            "dataset_id": "seed",
+            "output": "centres",
+        },
+    )
+    assert made.status_code == 201, made.get_data(as_text=True)
+    # The request above started this process's scheduler.
+    assert any(t.name == "schedules" and t.is_alive() for t in threading.enumerate())
+
+    due = time.time() + 61  # past the next minute
+    apps = (first, second)
+    fired: list[list[str]] = [[], []]
+    racers = [
+        threading.Thread(
+            target=lambda n=n: fired[n].extend(
+                fire_schedules(
+                    apps[n].extensions["geoharbor"].registry, apps[n].extensions["geoharbor"].jobs, due
+                )
+            )
+        )
+        for n in (0, 1)
+    ]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    assert len(fired[0] + fired[1]) == 1, fired
+    job_id = (fired[0] + fired[1])[0]
+    body = _wait(first.extensions["geoharbor"].jobs.store, job_id, {COMPLETE, FAILED})
+    assert body["state"] == COMPLETE, body
+    trigger = client.get(f"/triggers/{made.get_json()['id']}").get_json()
+    assert trigger["fired"] == 1
+    # The same time is not fired again; the next one is.
+    state = second.extensions["geoharbor"]
+    assert fire_schedules(state.registry, state.jobs, due) == []
+    (again,) = fire_schedules(state.registry, state.jobs, due + 60)
+    assert _wait(state.jobs.store, again, {COMPLETE, FAILED})["state"] == COMPLETE
+    for app in apps:
+        app.extensions["geoharbor"].registry.close()
 
 
 def test_the_worker_refuses_an_embedded_store(tmp_path):
