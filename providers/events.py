@@ -41,7 +41,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 
 from providers.errors import InvalidQuery, Unavailable
-from providers.store import PostgresStore, SQLiteStore, Store
+from providers.store import PostgresStore, SQLiteConnections, SQLiteStore, Store
 
 LOGGER = logging.getLogger(__name__)
 
@@ -349,26 +349,11 @@ class SQLiteBus(EventBus):
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
-        self._local = threading.local()
-        conn = self._connect()
-        try:
-            conn.executescript(_SQLITE_DDL)
-        finally:
-            conn.close()
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
+        self._connections = SQLiteConnections(path, _SQLITE_DDL)
 
     @property
     def _conn(self) -> sqlite3.Connection:
-        """One connection per thread and per process (a connection must not cross a fork)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
-            conn = self._local.conn = self._connect()
-            self._local.pid = os.getpid()
-        return conn
+        return self._connections.get()
 
     def _run(self, statement: str, params: tuple) -> list[tuple]:
         try:
@@ -403,10 +388,7 @@ class SQLiteBus(EventBus):
             raise Unavailable(f"event store unavailable: {exc}") from exc
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._connections.close()
 
 
 # -- one bus per store ---------------------------------------------------------------------------

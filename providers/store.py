@@ -320,20 +320,17 @@ RETURNING hits, reset_at
 """
 
 
-class SQLiteStore(Store):
-    """Records in a SQLite file, for a server with no database (the embedded demo).
+class SQLiteConnections:
+    """Connections to one SQLite file of geoharbor's (the store, the events beside it): one
+    per thread and per process, since a connection must not cross a fork, in autocommit
+    mode, WAL journal and a busy timeout so that concurrent workers wait instead of failing."""
 
-    Every gunicorn worker opens the same file; WAL mode lets them read while one
-    writes, and a write transaction (``BEGIN IMMEDIATE``) serialises writers.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
+    def __init__(self, path: str, ddl: str) -> None:
+        self.path = path
         self._local = threading.local()
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         try:
-            conn.executescript(_SQLITE_DDL)
+            conn.executescript(ddl)
         finally:
             conn.close()
 
@@ -343,14 +340,37 @@ class SQLiteStore(Store):
         conn.execute("PRAGMA busy_timeout=30000")
         return conn
 
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        """One connection per thread and per process (a connection must not cross a fork)."""
+    def get(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use in this process)."""
         conn = getattr(self._local, "conn", None)
         if conn is None or self._local.pid != os.getpid():
             conn = self._local.conn = self._connect()
             self._local.pid = os.getpid()
         return conn
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class SQLiteStore(Store):
+    """Records in a SQLite file, for a server with no database (the embedded demo).
+
+    Every gunicorn worker opens the same file; WAL mode lets them read while one
+    writes, and a write transaction (``BEGIN IMMEDIATE``) serialises writers.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._connections = SQLiteConnections(self.path, _SQLITE_DDL)
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        return self._connections.get()
 
     @staticmethod
     def _record(row: tuple) -> Record:
@@ -460,7 +480,4 @@ class SQLiteStore(Store):
             raise Unavailable(f"state store unavailable: {exc}") from exc
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._connections.close()
