@@ -111,6 +111,23 @@ KINDS = (
     "json",
 )
 
+#: Column kind -> the Arrow type of its values in batches that are computed (transforms,
+#: capabilities) rather than read (``json`` columns stay text and are not computed).
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "smallint": pa.int16(),
+    "integer": pa.int32(),
+    "bigint": pa.int64(),
+    "real": pa.float32(),
+    "double": pa.float64(),
+    "boolean": pa.bool_(),
+    "text": pa.string(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us"),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
+    "time": pa.time64("us"),
+    "binary": pa.binary(),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Plan:

@@ -53,7 +53,7 @@ from pyproj.exceptions import CRSError, ProjError
 
 from providers.errors import InvalidData
 from providers.expressions import Expression, as_text, compile_text
-from providers.loader import Column, NoCRS, kind_of_arrow, safe_name
+from providers.loader import ARROW_TYPES, Column, NoCRS, kind_of_arrow, safe_name
 from providers.tables import GEOMETRY_COLUMN
 
 #: One step of a planned chain: (batch, index of its first row in the layer) -> batch.
@@ -746,21 +746,6 @@ def _arrow_message(exc: Exception) -> str:
 
 
 # -- value conversions -------------------------------------------------------------------------
-#: Column kind -> the Arrow type of its values in transformed batches.
-ARROW_TYPES: dict[str, pa.DataType] = {
-    "smallint": pa.int16(),
-    "integer": pa.int32(),
-    "bigint": pa.int64(),
-    "real": pa.float32(),
-    "double": pa.float64(),
-    "boolean": pa.bool_(),
-    "text": pa.string(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us"),
-    "timestamptz": pa.timestamp("us", tz="UTC"),
-    "time": pa.time64("us"),
-    "binary": pa.binary(),
-}
 _INTEGERS = ("smallint", "integer", "bigint")
 _TRUE = ("true", "t", "yes", "y", "1")
 _FALSE = ("false", "f", "no", "n", "0")

@@ -21,23 +21,9 @@ from typing import Any
 import pyarrow as pa
 
 from providers.errors import InvalidData, InvalidQuery
+from providers.loader import ARROW_TYPES
 from providers.tables import check_name
 
-#: Attribute kinds a capability output may hold -> Arrow type of its values.
-ARROW_TYPES: dict[str, pa.DataType] = {
-    "smallint": pa.int16(),
-    "integer": pa.int32(),
-    "bigint": pa.int64(),
-    "real": pa.float32(),
-    "double": pa.float64(),
-    "boolean": pa.bool_(),
-    "text": pa.string(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us"),
-    "timestamptz": pa.timestamp("us", tz="UTC"),
-    "time": pa.time64("us"),
-    "binary": pa.binary(),
-}
 INTEGER_KINDS = frozenset({"smallint", "integer", "bigint"})
 NUMBER_KINDS = INTEGER_KINDS | {"real", "double"}
 
