@@ -9,7 +9,8 @@ kernel's figure (``wait4``):
   PostgreSQL backend that runs it is sampled too (``VmHWM``, found by application name;
   needs to run as the database's OS user or root).
 * ``geopandas/postgis``: what a geopandas script does: read the tables from PostGIS with
-  pyogrio, compute in one process, write the result back with pyogrio (GDAL's COPY).
+  ``read_postgis``, compute in one process, write the result back with ``to_postgis``
+  (pyogrio's wheel has no PostgreSQL driver).
 * ``geoharbor/geopackage``: :func:`providers.capabilities.run` with source and target in
   a GeoPackage: the Python engine (shapely, pyarrow), in batches.
 * ``geopandas/geopackage``: the geopandas script reading and writing that GeoPackage.
@@ -27,6 +28,10 @@ Needs geopandas in the venv (``pip install geopandas``). The GeoPackage copy of 
 is exported once with ogr2ogr into ``bench/results/``; output tables go to the schema
 ``capabilities_bench`` (dropped at the end) and into that GeoPackage. Prints and writes
 ``bench/results/capabilities-latest.md`` / ``.json``.
+
+Each child runs under an address-space limit (``--memory-limit-gb``, by default 60% of
+the machine's memory) so that an engine that needs more than the machine has is reported
+as out of memory instead of taking the machine down with it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -237,18 +243,37 @@ def prepare(url: str, db: str) -> Path:
     return path
 
 
-def measure(scenario: str, engine: str, url: str, gpkg: Path) -> dict[str, Any]:
+def default_memory_limit_gb() -> float:
+    """60% of the machine's memory: room for PostgreSQL and the rest of the machine."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) * 0.6 / 1024**2, 1)
+    return 8.0
+
+
+def measure(scenario: str, engine: str, url: str, gpkg: Path, limit_gb: float) -> dict[str, Any]:
+    """One run of ``engine`` in a child process; ``{"failed": ...}`` when it ran out of memory."""
+    limit = int(limit_gb * 1024**3)
+
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     process = subprocess.Popen(
         [sys.executable, __file__, "--child", scenario, engine, url, str(gpkg)],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=cap_memory,  # noqa: PLW1509 - no threads started yet in the parent
     )
-    assert process.stdout is not None
-    output = process.stdout.read()
+    assert process.stdout is not None and process.stderr is not None
+    output, errors = process.stdout.read(), process.stderr.read()
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
+        if b"MemoryError" in errors or b"std::bad_alloc" in errors or b"Cannot allocate" in errors:
+            return {"failed": f"out of memory at {limit_gb:g} GB", "rss_kb": usage.ru_maxrss}
+        sys.stderr.write(errors.decode(errors="replace"))
         sys.exit(f"{engine} {scenario} failed ({process.returncode})")
     found = json.loads(output.decode().strip().splitlines()[-1])
     return {**found, "rss_kb": usage.ru_maxrss}
@@ -263,6 +288,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each cell (median reported)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument(
+        "--memory-limit-gb", type=float, default=default_memory_limit_gb(), help="address space of each run"
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -276,7 +304,13 @@ def main() -> None:
     try:
         for scenario in args.scenarios.split(","):
             for engine in args.engines.split(","):
-                runs = [measure(scenario, engine, url, gpkg) for _ in range(args.repeat)]
+                limit = args.memory_limit_gb
+                runs = [measure(scenario, engine, url, gpkg, limit) for _ in range(args.repeat)]
+                failed = next((r["failed"] for r in runs if "failed" in r), None)
+                if failed:
+                    cells.append({"scenario": scenario, "engine": engine, "failed": failed})
+                    print(f"{scenario:13} {engine:22} {failed}", flush=True)
+                    continue
                 cell = {
                     "scenario": scenario,
                     "engine": engine,
@@ -322,6 +356,9 @@ def report(cells: list[dict[str, Any]], sizes: dict[str, int], args: argparse.Na
         "|---|---|---:|---:|---:|---:|",
     ]
     for c in cells:
+        if "failed" in c:
+            lines.append(f"| {c['scenario']} | {c['engine']} | {c['failed']} | | | |")
+            continue
         backend = f"{c['backend_mb']:.0f}" if c["backend_mb"] else "-"
         lines.append(
             f"| {c['scenario']} | {c['engine']} | {c['seconds']:.1f} | {c['rss_mb']:.0f} "
