@@ -160,6 +160,7 @@ class Compiler[F]:
         self.schema = schema
         self.d = dialect
         self._nodes = 0
+        self._crs = CRS84  # literals are CRS84 unless a query says otherwise (filter-crs)
 
     # -- entry point -----------------------------------------------------------------
     def where(self, query: Query) -> F | None:

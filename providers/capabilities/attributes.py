@@ -7,7 +7,11 @@ expression evaluator (:mod:`providers.expressions`) computes it over Arrow colum
 config may use what both understand, which is checked when it is validated:
 comparisons, ``AND``/``OR``/``NOT``, ``LIKE``, ``BETWEEN``, ``IN``, ``IS NULL``,
 ``+ - * /`` (``/`` always divides as real numbers), ``CASEI``/``LOWER``, properties,
-numbers, texts, booleans, dates and timestamps.
+numbers, texts, booleans, dates and timestamps, and the spatial predicates
+(``S_INTERSECTS``, ``S_WITHIN`` ...) between the geometry and a literal geometry or
+``BBOX`` in CRS84: PostGIS runs them through the compiler, Python evaluates each over the
+batch's geometries with shapely first and hands the evaluator the result as a boolean
+column.
 
 Areas and lengths are geodesic, on the WGS 84 ellipsoid (GeographicLib in both engines:
 PostGIS's ``geography`` functions and pyproj's ``Geod``), whatever the data's CRS.
@@ -35,13 +39,28 @@ from providers.capabilities.sql import SqlStep, compiler_schema, f, pg_type
 from providers.capabilities.vector import Frame, VectorStep
 from providers.errors import InvalidData, InvalidQuery
 from providers.expressions import Expression, compile_text
-from providers.filters import Compiler
+from providers.filters import SPATIAL, Compiler
 
 #: CQL2 operators both engines evaluate alike: conditions, and value operators.
 _CONDITIONS = frozenset(
     {"and", "or", "not", "=", "<>", "!=", "<", "<=", ">", ">=", "like", "between", "in", "isNull"}
 )
 _VALUES = frozenset({"+", "-", "*", "/", "casei", "lower"})
+#: The names a CQL2 text may give the geometry.
+GEOMETRY_NAMES = frozenset({"geom", "geometry"})
+#: CQL2 spatial predicates -> shapely's vectorised predicate of the same meaning.
+_SHAPELY_PREDICATES = {
+    "s_intersects": shapely.intersects,
+    "s_disjoint": shapely.disjoint,
+    "s_contains": shapely.contains,
+    "s_within": shapely.within,
+    "s_touches": shapely.touches,
+    "s_crosses": shapely.crosses,
+    "s_overlaps": shapely.overlaps,
+    "s_equals": shapely.equals,
+}
+#: Prefix of the boolean columns the spatial predicates are evaluated into (not a valid attribute name).
+_SPATIAL_COLUMN = "spatial__predicate_"
 CQL_PROPERTY = {
     "type": ["string", "object"],
     "description": "CQL2 text (e.g. \"pop_est > 1000000 AND continent = 'Asia'\") or CQL2 JSON",
@@ -82,6 +101,9 @@ def _check_tree(node: Any, field: str, depth: int) -> None:
             f"{field}: {str(node)[:60]!r} cannot be evaluated here (no geometries or intervals)"
         )
     op = node["op"]
+    if op in SPATIAL:
+        _spatial_operands(node, field)
+        return
     if op not in _CONDITIONS and op not in _VALUES:
         known = ", ".join(sorted(_CONDITIONS | _VALUES))
         raise InvalidData(
@@ -99,8 +121,36 @@ def _check_tree(node: Any, field: str, depth: int) -> None:
         _check_tree(arg, field, depth + 1)
 
 
+def _spatial_operands(node: dict[str, Any], field: str) -> tuple[bool, Any]:
+    """(whether the geometry comes first, the literal) of a spatial predicate; InvalidData unless
+    it compares the geometry with a literal geometry or bbox."""
+    args = node["args"]
+    geometry = [isinstance(a, dict) and a.get("property") in GEOMETRY_NAMES for a in args]
+    if len(args) != 2 or geometry.count(True) != 1:
+        raise InvalidData(f"{field}: {node['op']} compares the geometry (geom) with a literal geometry")
+    literal = args[1] if geometry[0] else args[0]
+    if not isinstance(literal, dict) or not ("bbox" in literal or "type" in literal):
+        raise InvalidData(f"{field}: {node['op']} needs a GeoJSON geometry or a BBOX literal")
+    return geometry[0], literal
+
+
+def _literal_geometry(literal: dict[str, Any], field: str) -> shapely.Geometry:
+    """A CQL2 geometry or bbox literal (CRS84) as a shapely geometry."""
+    try:
+        if "bbox" in literal:
+            box = [float(v) for v in literal["bbox"]]
+            if len(box) == 6:
+                box = [box[0], box[1], box[3], box[4]]
+            return shapely.box(*box)
+        return shapely.from_geojson(orjson.dumps(literal))
+    except (TypeError, ValueError, shapely.errors.GEOSException) as exc:
+        raise InvalidData(f"{field}: not a geometry: {str(exc)[:100]}") from None
+
+
 def _properties(node: Any) -> set[str]:
     if isinstance(node, dict):
+        if node.get("op") in SPATIAL:
+            return set()  # the geometry, not an attribute
         if "property" in node:
             return {node["property"]}
         return set().union(*(_properties(a) for a in node.get("args", []) if isinstance(a, (dict, list))))
@@ -112,6 +162,8 @@ def _properties(node: Any) -> set[str]:
 def _renamed(node: Any, names: Mapping[str, str]) -> Any:
     """The tree with each property named as the layout names it."""
     if isinstance(node, dict):
+        if node.get("op") in SPATIAL:
+            return node
         if "property" in node:
             return {"property": names[node["property"]]}
         if "args" in node:
@@ -140,26 +192,58 @@ class _Cql:
             names[name] = layout.attribute(name, field).name
         self.tree = _renamed(tree, names)
         self.field = field
+        #: The spatial predicates, each evaluated with shapely into a boolean column of its own.
+        self.spatial: list[tuple[str, bool, shapely.Geometry]] = []
         try:
-            self.expression: Expression = compile_text(_text_of(orjson.dumps(self.tree)))
+            self.expression: Expression = compile_text(
+                _text_of(orjson.dumps(self._spatial_columns(self.tree, layout.srid)))
+            )
         except InvalidData as exc:
             raise InvalidData(f"{field}: {exc.message}") from None
         self.kind = kind_of_arrow(self.evaluate_empty(layout).type)
 
     @property
     def is_condition(self) -> bool:
-        return isinstance(self.tree, dict) and self.tree.get("op") in _CONDITIONS
+        return isinstance(self.tree, dict) and self.tree.get("op") in _CONDITIONS | SPATIAL
+
+    def _spatial_columns(self, node: Any, srid: int) -> Any:
+        """The tree with each spatial predicate replaced by a boolean column of
+        :meth:`_spatial_values` (its literal moved from CRS84 into the layout's CRS once)."""
+        if isinstance(node, dict) and node.get("op") in SPATIAL:
+            first, literal = _spatial_operands(node, self.field)
+            shape = reproject.geometries(_literal_geometry(literal, self.field), 4326, srid)
+            self.spatial.append((node["op"], first, shape))
+            return {"property": f"{_SPATIAL_COLUMN}{len(self.spatial) - 1}"}
+        if isinstance(node, dict) and "args" in node:
+            return {**node, "args": [self._spatial_columns(a, srid) for a in node["args"]]}
+        if isinstance(node, list):
+            return [self._spatial_columns(a, srid) for a in node]
+        return node
+
+    def _spatial_values(self, name: str, geoms: np.ndarray) -> pa.Array:
+        op, first, shape = self.spatial[int(name.removeprefix(_SPATIAL_COLUMN))]
+        predicate = _SHAPELY_PREDICATES[op]
+        values = predicate(geoms, shape) if first else predicate(shape, geoms)
+        return pa.array(values, pa.bool_(), mask=shapely.is_missing(geoms))
 
     def evaluate_empty(self, layout: Layout) -> pa.Array:
         empty = layout.arrow_schema().empty_table()
-        return self._evaluate(
-            lambda name: pa.array([], pa.int64()) if name == "id" else empty.column(name), 0
-        )
+
+        def column(name: str) -> pa.Array:
+            if name == "id":
+                return pa.array([], pa.int64())
+            if name.startswith(_SPATIAL_COLUMN):
+                return pa.array([], pa.bool_())
+            return empty.column(name)
+
+        return self._evaluate(column, 0)
 
     def evaluate(self, frame: Frame) -> pa.Array:
         def column(name: str) -> pa.Array:
             if name == "id":
                 return pa.array(frame.ids, pa.int64())
+            if name.startswith(_SPATIAL_COLUMN):
+                return self._spatial_values(name, frame.geoms)
             return frame.column(name).combine_chunks()
 
         return self._evaluate(column, len(frame))
