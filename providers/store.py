@@ -156,6 +156,31 @@ _PG_BUMP = (
 )
 
 
+class PostgresTables:
+    """Tables of geoharbor's own in a PostGIS source's database (the store, the catalogue, the
+    document files), made by ``ddl`` on first use under an advisory lock named ``name``, so
+    that workers starting together do not race; a lost database is Unavailable (503)."""
+
+    def __init__(self, database: Any, name: str, ddl: str, what: str) -> None:
+        self.db, self.name, self.ddl, self.what = database, name, ddl, what
+        self._ready = False
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection with the tables in place."""
+        try:
+            if not self._ready:
+                with self._lock, self.db.connection() as conn, conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.name,))
+                    conn.execute(self.ddl)
+                    self._ready = True
+            with self.db.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise Unavailable(f"{self.what} unavailable: {exc}") from exc
+
+
 class PostgresStore(Store):
     """Records in the ``geoharbor`` schema of a PostGIS source's database.
 
@@ -165,22 +190,11 @@ class PostgresStore(Store):
 
     def __init__(self, database: Any) -> None:
         self.db = database
-        self._ready = False
-        self._lock = threading.Lock()
+        self._tables = PostgresTables(database, "geoharbor.store", _PG_DDL, "state store")
 
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection]:
+    def _connection(self) -> contextlib.AbstractContextManager[psycopg.Connection]:
         """A pooled connection with the schema in place; a lost database is Unavailable (503)."""
-        try:
-            if not self._ready:
-                with self._lock, self.db.connection() as conn, conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(hashtext('geoharbor.store'))")
-                    conn.execute(_PG_DDL)
-                    self._ready = True
-            with self.db.connection() as conn:
-                yield conn
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise Unavailable(f"state store unavailable: {exc}") from exc
+        return self._tables.connection()
 
     @staticmethod
     def _record(row: tuple) -> Record:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from flask import Flask, Request, current_app, g, request
 from werkzeug.datastructures import ImmutableMultiDict
 
-from providers.errors import Forbidden, NotFound, ProviderError, Unauthorized
+from providers.errors import Forbidden, NotFound, ProviderError, Unauthorized, Unavailable
 from providers.store import Record, Store
 from server.registry import Collection, Registry
 
@@ -46,6 +46,9 @@ GRANTS: dict[str, frozenset[str]] = {
     "OWNER": frozenset({"read", "write", "share"}),
 }
 ANONYMOUS_PRINCIPAL = "anonymous"
+#: Store kind of the record that gives a configured collection an id to hold grants (the
+#: catalogue makes it: :mod:`server.catalogue_sync`).
+COLLECTION_KIND = "catalogue_collection"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -126,6 +129,7 @@ class Auth:
         self._identities: dict[str, tuple[Identity, float | None] | None] = {}
         self._grants: dict[int, list[tuple[str, str]]] | None = None
         self._roles: dict[int, Record] | None = None
+        self._collection_ids: dict[str, int] | None = None
         self._has_keys: bool | None = None
         registry.listeners.append(self.clear)
 
@@ -139,6 +143,7 @@ class Auth:
             self._identities = {}
             self._grants = None
             self._roles = None
+            self._collection_ids = None
             self._has_keys = None
 
     # -- modes -----------------------------------------------------------------------------
@@ -262,12 +267,28 @@ class Auth:
                 rights |= GRANTS.get(permission, frozenset())
         return frozenset(rights)
 
+    def _collection_record_ids(self) -> dict[str, int]:
+        """Configured collections' record ids by collection id. Cached until the generation
+        moves: a record made later holds no grant yet, and a grant moves the generation."""
+        if self._collection_ids is None:
+            if self.registry.store_error is not None:
+                # Grants stored for a configured collection may hide it: while they cannot be
+                # read, fail closed at once rather than wait for a connection per request.
+                raise Unavailable(f"state store unavailable: {self.registry.store_error}")
+            self._collection_ids = {r.key: r.id for r in self.store.list(COLLECTION_KIND) if r.key}
+        return self._collection_ids
+
     def collection_rights(self, identity: Identity, coll: Collection) -> frozenset[str]:
         """What ``identity`` may do with a collection (before key scopes and editability)."""
         if identity.admin:
             return GRANTS["OWNER"]
         if coll.layer_id is not None:
             return self.resource_rights(identity, coll.layer_id, coll.owner)
+        record_id = self._collection_record_ids().get(coll.id)
+        if record_id is not None and record_id in self._grants_by_resource():
+            # Grants stored for a configured collection (set through the catalogue's
+            # permissions) replace its configured public/readers/editors.
+            return self.resource_rights(identity, record_id, None)
         access = coll.access
         rights: set[str] = set()
         if access.get("public", True):

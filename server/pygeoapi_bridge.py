@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from providers import pygeoapi_plugin
+from providers import pygeoapi_plugin, records
 from server import __version__
 from server.registry import Collection, Registry
 
@@ -128,6 +128,8 @@ def pygeoapi_config(
                 }
             ],
         }
+    # The catalogue as OGC API - Records (served by server/records.py through pygeoapi).
+    resources.setdefault(records.COLLECTION_ID, records.pygeoapi_resource(server["title"]))
     return {
         "server": {
             "bind": {"host": "127.0.0.1", "port": 5000},
