@@ -210,7 +210,7 @@ class PostgresBus(EventBus):
     """Events in ``geoharbor.events`` of a PostGIS database, announced with LISTEN/NOTIFY.
 
     ``database`` is a :class:`providers.postgis.PostGISDatabase` (its pool for reads and
-    writes, its URL for the one listening connection of each process).
+    writes; its direct URL, past any pooler, for the one listening connection of each process).
     """
 
     def __init__(self, database: Any) -> None:
@@ -308,7 +308,8 @@ class PostgresBus(EventBus):
         """
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.db.url, autocommit=True, connect_timeout=10) as conn:
+                # Directly, not through a transaction pooler: LISTEN needs a session of its own.
+                with self.db.connect_direct(autocommit=True, connect_timeout=10) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
                     self._wake(None)
                     while not self._stop.is_set():

@@ -113,7 +113,8 @@ def load_postgis(
         check_append(plan, existing, ASSIGNABLE)
     revisions = db.ensure_revisions()
     try:
-        conn = psycopg.connect(db.url, autocommit=True)
+        # Directly, past any transaction pooler: the load holds session settings and locks.
+        conn = db.connect_direct(autocommit=True)
     except psycopg.OperationalError as exc:
         raise Unavailable(f"database unavailable: {exc}") from exc
     try:
@@ -164,7 +165,7 @@ def cleanup_staging(db: PostGISDatabase) -> list[str]:
     progress and is left alone.
     """
     try:
-        with psycopg.connect(db.url, autocommit=True) as conn:
+        with db.connect_direct(autocommit=True) as conn:  # session advisory locks: past any pooler
             return _cleanup(conn)
     except psycopg.Error as exc:
         raise pg_error(exc) from exc

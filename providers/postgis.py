@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import psycopg
@@ -55,12 +55,16 @@ from providers.errors import (
     InvalidData,
     InvalidQuery,
     NotFound,
+    PreconditionFailed,
     ProviderError,
     Unavailable,
 )
 from providers.filters import Compiler, Dialect
+from providers.replica import SCOPE, Replica, wrote
 
 LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Where a tile statement's filter conditions go (never valid SQL, so never in a template).
 _WHERE_MARKER = "\x00where\x00"
@@ -104,16 +108,30 @@ _JSON_TYPES = {
 
 # -- the pool shared by all collections of one database --------------------------------
 class PostGISDatabase:
-    """One connection pool per database, opened lazily.
+    """One connection pool per database, opened lazily; and its read replica's, if any.
 
     Lazily, because gunicorn forks workers after the app is built and a pool's
     connections and threads must not cross a fork.
+
+    ``direct_url`` says that ``url`` reaches PostgreSQL through a pooler in transaction
+    mode (pgbouncer): each transaction may run on another server session, so nothing
+    is set per session on ``url``'s connections (``statement_timeout`` and ``jit`` are
+    then the role's settings: ``ALTER ROLE ... SET``), and whatever needs a session of
+    its own (LISTEN, session advisory locks, long loads) connects to ``direct_url``
+    (:meth:`connect_direct`). ``prepare_threshold`` (None: never prepare, as pgbouncer
+    1.18 requires) applies to every connection opened for this source.
+
+    ``read_url`` is a streaming replica: the reads of requests that may use it go there
+    (:meth:`read`, :meth:`read_connection`; see providers/replica.py).
     """
 
     def __init__(
         self,
         url: str,
         *,
+        name: str = "",
+        read_url: str | None = None,
+        direct_url: str | None = None,
         pool_min: int = 1,
         pool_max: int = 10,
         prepare_threshold: int | None = 5,
@@ -121,6 +139,8 @@ class PostGISDatabase:
         connect_timeout_s: float = 10.0,
     ) -> None:
         self.url = url
+        self.name = name
+        self.direct_url = direct_url
         self.pool_min = pool_min
         self.pool_max = pool_max
         self.prepare_threshold = prepare_threshold
@@ -130,12 +150,29 @@ class PostGISDatabase:
         self._lock = threading.Lock()
         self._revisions: bool | None = None
         self._revision_sql: dict[tuple[str, ...], bytes] = {}
+        self.replica: Replica | None = None
+        if read_url:
+            self.replica = Replica(
+                name or _safe_url(url),
+                read_url,
+                lambda replica_url, pool_name: self._make_pool(replica_url, pool_name, replica=True),
+                {"prepare_threshold": prepare_threshold},
+            )
+
+    @property
+    def pooled(self) -> bool:
+        """Whether ``url`` goes through a transaction pooler (``direct_url`` is given)."""
+        return self.direct_url is not None
 
     def _configure(self, conn: psycopg.Connection) -> None:
         # Reads are single statements: autocommit spares a BEGIN and a COMMIT round trip
         # each. Writes and server-side cursors open an explicit transaction.
         conn.autocommit = True
         conn.prepare_threshold = self.prepare_threshold
+        if self.pooled:
+            # Through a transaction pooler a SET would stay on whichever server session ran
+            # it, for other clients, and not on the sessions our next statements get.
+            return
         # Tile statements over big tables cost enough to trigger JIT compilation, which
         # takes longer than it saves on queries of this size.
         conn.execute("SET jit = off")
@@ -159,30 +196,164 @@ class PostGISDatabase:
         if used_at is None or now - used_at > IDLE_CHECK_S:
             ConnectionPool.check_connection(conn)
 
+    def _configure_replica(self, conn: psycopg.Connection) -> None:
+        self._configure(conn)
+        conn._geoharbor_replica = True  # type: ignore[attr-defined]
+
+    def _make_pool(self, url: str, name: str, replica: bool = False) -> ConnectionPool:
+        """A pool on ``url`` (the primary's or the replica's) configured alike."""
+        return ConnectionPool(
+            url,
+            min_size=self.pool_min,
+            max_size=self.pool_max,
+            configure=self._configure_replica if replica else self._configure,
+            check=self._check,
+            timeout=self.connect_timeout_s,
+            kwargs={"connect_timeout": int(self.connect_timeout_s)},
+            open=True,
+            name=name,
+        )
+
     @property
     def pool(self) -> ConnectionPool:
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    self._pool = ConnectionPool(
-                        self.url,
-                        min_size=self.pool_min,
-                        max_size=self.pool_max,
-                        configure=self._configure,
-                        check=self._check,
-                        timeout=self.connect_timeout_s,
-                        kwargs={"connect_timeout": int(self.connect_timeout_s)},
-                        open=True,
-                        name="geoharbor",
-                    )
+                    self._pool = self._make_pool(self.url, "geoharbor")
         return self._pool
 
     def connection(self):
-        """A pooled connection; failures to get one become :class:`Unavailable`."""
+        """A pooled connection to the primary; failures to get one become :class:`Unavailable`."""
         try:
             return self.pool.connection()
         except (PoolTimeout, psycopg.OperationalError) as exc:
             raise Unavailable(f"database unavailable: {exc}") from exc
+
+    def connect_direct(self, **kwargs: Any) -> psycopg.Connection:
+        """A connection of its own, bypassing any pooler (``direct_url``), for what needs a
+        session: LISTEN, session advisory locks, session settings of a long load."""
+        kwargs.setdefault("prepare_threshold", self.prepare_threshold)
+        return psycopg.connect(self.direct_url or self.url, **kwargs)
+
+    # -- reads that may go to the replica ------------------------------------------------
+    def _reader(self) -> Replica | None:
+        """The replica this request's reads of this database go to; None for the primary.
+
+        Chosen at the request's first read of this database and kept for the request.
+        """
+        replica = self.replica
+        scope = SCOPE.get()
+        if replica is None or scope is None or not scope.replica_ok:
+            return None
+        choice = scope.chosen.get(id(self))
+        if choice is None:
+            choice = scope.chosen[id(self)] = replica.serves(scope.floor(self))
+        elif choice and not replica.up:
+            choice = scope.chosen[id(self)] = False  # it failed during this request
+        return replica if choice else None
+
+    def _fell_back(self, replica: Replica, exc: BaseException) -> None:
+        scope = SCOPE.get()
+        if scope is not None:
+            scope.chosen[id(self)] = False
+        replica.failed(exc)
+
+    def read(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """``work(conn)`` on the replica when this request may read there, else on the primary.
+
+        A replica that fails (no connection, a connection lost) is left for the primary
+        and ``work`` runs again there: ``work`` must only read. So does a statement the
+        replica cancelled because it conflicted with what it was replaying. Other
+        database errors are raised as they are (psycopg's).
+        """
+        replica = self._reader()
+        if replica is not None:
+            try:
+                with replica.connection() as conn:
+                    return work(conn)
+            except PoolTimeout as exc:
+                self._fell_back(replica, exc)
+            except psycopg.OperationalError as exc:
+                if exc.sqlstate == RECOVERY_CONFLICT:
+                    LOGGER.info("replica of %s cancelled a read (recovery conflict): primary", self.name)
+                elif _lost(exc):
+                    self._fell_back(replica, exc)
+                else:
+                    raise
+        with self.connection() as conn:
+            return work(conn)
+
+    @contextlib.contextmanager
+    def read_connection(self) -> Iterator[psycopg.Connection]:
+        """A connection for reads streamed to the client (see :meth:`read`): the replica's
+        when it may be used and answers, else the primary's. Once rows are on their way
+        nothing can be read again elsewhere, so only getting the connection falls back."""
+        replica = self._reader()
+        if replica is not None:
+            held = contextlib.ExitStack()
+            try:
+                conn = held.enter_context(replica.connection())
+                conn.execute("SELECT 1", prepare=False)  # a connection the replica dropped fails here
+            except (PoolTimeout, psycopg.OperationalError) as exc:
+                held.close()
+                self._fell_back(replica, exc)
+            else:
+                with held:
+                    yield conn
+                return
+        with self.connection() as conn:
+            yield conn
+
+    def saw(self, conn: psycopg.Connection, revisions: dict[str, int] | None) -> None:
+        """Revisions read on ``conn``: when it is the replica's, it has replayed them."""
+        if revisions and self.replica is not None and getattr(conn, "_geoharbor_replica", False):
+            self.replica.saw(revisions)
+
+    def read_revisions(self, keys: list[str]) -> dict[str, int] | None:
+        """:meth:`revisions` where this request reads (the replica's, when it may): what a
+        tile is then read and cached under."""
+        if not self.ensure_revisions():
+            return None
+        statement = self.revisions_statement(tuple(keys))
+
+        def work(conn: psycopg.Connection) -> dict[str, int]:
+            found = revisions_found(keys, conn.execute(statement).fetchall())
+            self.saw(conn, found)
+            return found
+
+        try:
+            return self.read(work)
+        except psycopg.Error as exc:
+            raise _read_error(exc) from exc
+
+    def bump_revision(self, conn: psycopg.Connection, key: str) -> int:
+        """Count a write to ``key`` (``schema.table``) in the revisions, in ``conn``'s
+        transaction; the request's client is told the new revision (its ``gh_rev`` cookie)."""
+        row = conn.execute(
+            "INSERT INTO geoharbor.revisions AS r (source, revision) VALUES (%s, 1) "
+            "ON CONFLICT (source) DO UPDATE SET revision = r.revision + 1, changed = now() "
+            "RETURNING revision",
+            (key,),
+        ).fetchone()
+        revision = int(row[0]) if row else 0
+        wrote(self.name, key, revision)
+        return revision
+
+    def replica_status(self) -> dict[str, Any] | None:
+        """The replica's state and lag (None without a replica), for /health and /metrics."""
+        if self.replica is None:
+            return None
+        primary_lsn = None
+        try:
+            with self.pool.connection(timeout=2.0) as conn:
+                row = conn.execute(
+                    "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END",
+                    prepare=False,
+                ).fetchone()
+                primary_lsn = row[0] if row else None
+        except (psycopg.Error, PoolTimeout):
+            pass  # the primary's own health says it is down; the replica's lag in bytes is unknown
+        return self.replica.status(primary_lsn)
 
     def ensure_revisions(self) -> bool:
         """Create the table of collection revisions if it is missing; False when we may not.
@@ -205,10 +376,11 @@ class PostGISDatabase:
         return self._revisions
 
     def revisions(self, keys: list[str]) -> dict[str, int] | None:
-        """The revisions of several sources in one round trip (0 for one never written).
+        """The revisions of several sources in one round trip (0 for one never written), on
+        the primary (:meth:`read_revisions` reads where the request reads).
 
-        A tile request reads its collections' revisions together with the registry's
-        generation this way; None when the revision table cannot be had.
+        The store reads the registry's generation this way; None when the revision table
+        cannot be had.
         """
         if not self.ensure_revisions():
             return None
@@ -270,6 +442,8 @@ class PostGISDatabase:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        if self.replica is not None:
+            self.replica.close()
 
     def describe(self, ref: TableRef, **options: Any) -> CollectionSchema:
         """The schema of a table or view; see :func:`describe_table`."""
@@ -569,7 +743,7 @@ class PostGISProvider(FeatureProvider):
         return self._source_key
 
     def revision(self) -> int | None:
-        found = self.db.revisions([self._source_key])
+        found = self.db.read_revisions([self._source_key])
         return None if found is None else found[self._source_key]
 
     # -- SQL pieces ----------------------------------------------------------------
@@ -679,29 +853,31 @@ class PostGISProvider(FeatureProvider):
         )
         mode = self.count_mode if query.count == "auto" else query.count
         filters = {k: v for k, v in params.items() if not k.startswith("_")}
-        with self.db.connection() as conn:
-            try:
-                matched, counter = self._start_count(conn, where, filters, mode)
-                if query.limit > STREAM_THRESHOLD:
-                    matched = self._finish_count(conn, counter, where, filters) if counter else matched
-                    return FeaturePage(self._stream(select, params), matched)
-                # The count and the page travel together: one round trip.
-                with conn.pipeline():
-                    count_cur = conn.cursor()
-                    if counter is not None:
-                        count_cur.execute(counter, filters)
-                    cur = conn.cursor()
-                    cur.execute(select, params)
+
+        def work(conn: psycopg.Connection) -> FeaturePage:
+            matched, counter = self._start_count(conn, where, filters, mode)
+            if query.limit > STREAM_THRESHOLD:
+                matched = self._finish_count(conn, counter, where, filters) if counter else matched
+                return FeaturePage(self._stream(select, params), matched)
+            # The count and the page travel together: one round trip.
+            with conn.pipeline():
+                count_cur = conn.cursor()
                 if counter is not None:
-                    matched = self._finish_count(conn, count_cur, where, filters)
-                rows = [r[0].encode() for r in cur.fetchall()]
-            except psycopg.Error as exc:
-                raise _read_error(exc) from exc
-        return FeaturePage(iter(rows), matched)
+                    count_cur.execute(counter, filters)
+                cur = conn.cursor()
+                cur.execute(select, params)
+            if counter is not None:
+                matched = self._finish_count(conn, count_cur, where, filters)
+            return FeaturePage(iter([r[0].encode() for r in cur.fetchall()]), matched)
+
+        try:
+            return self.db.read(work)
+        except psycopg.Error as exc:
+            raise _read_error(exc) from exc
 
     def _stream(self, select: sql.Composable, params: dict[str, Any]) -> Iterator[bytes]:
         """Rows from a server-side cursor; the connection goes back when the client is done."""
-        with self.db.connection() as conn:
+        with self.db.read_connection() as conn:
             try:
                 with conn.transaction(), conn.cursor(name=f"gh_{uuid.uuid4().hex}") as cur:
                     cur.itersize = STREAM_BATCH
@@ -793,25 +969,30 @@ class PostGISProvider(FeatureProvider):
         table.
         """
         if self._geom is None:
-            return b"", (self.db.revisions(list(keys)) if keys else None)
+            return b"", (self.db.read_revisions(list(keys)) if keys else None)
         read = bool(keys) and self.db.ensure_revisions()
-        with self.db.connection() as conn:
-            try:
-                self._table_rows(conn)  # for _big_tile: a query every ROW_ESTIMATE_TTL_S
-                statement, params, big = self._tile_statement(request, query)
-                if read:
-                    statement = self.db.with_revisions(keys, statement)
-                prepare = False if big else None  # a big tile is planned for its envelope: unprepared
-                # Binary: the tile comes as its bytes, not as hex text twice its size to decode.
-                with _cancel_when(conn, request.client_gone):
-                    row = conn.execute(statement, params, prepare=prepare, binary=True).fetchone()
-            except psycopg.Error as exc:
-                raise _read_error(exc) from exc
-        if not read:
-            return (bytes(row[0]) if row and row[0] else b""), None
-        sources, revisions, tile = row
-        found = revisions_found(keys, zip(sources or (), revisions or (), strict=True))
-        return (bytes(tile) if tile else b""), found
+
+        def work(conn: psycopg.Connection) -> tuple[bytes, dict[str, int] | None]:
+            self._table_rows(conn)  # for _big_tile: a query every ROW_ESTIMATE_TTL_S
+            statement, params, big = self._tile_statement(request, query)
+            if read:
+                statement = self.db.with_revisions(keys, statement)
+            prepare = False if big else None  # a big tile is planned for its envelope: unprepared
+            # Binary: the tile comes as its bytes, not as hex text twice its size to decode.
+            with _cancel_when(conn, request.client_gone):
+                row = conn.execute(statement, params, prepare=prepare, binary=True).fetchone()
+            if not read:
+                return (bytes(row[0]) if row and row[0] else b""), None
+            sources, revisions, tile = row
+            found = revisions_found(keys, zip(sources or (), revisions or (), strict=True))
+            # Read in the tile's snapshot, where the tile was read: on the replica, what it replayed.
+            self.db.saw(conn, found)
+            return (bytes(tile) if tile else b""), found
+
+        try:
+            return self.db.read(work)
+        except psycopg.Error as exc:
+            raise _read_error(exc) from exc
 
     def _tile_statement(
         self, request: TileRequest, query: Query
@@ -963,7 +1144,7 @@ class PostGISProvider(FeatureProvider):
         select, _, params = self._page(sql.SQL(", ").join(columns), query)
 
         def rows() -> Iterator[tuple]:
-            with self.db.connection() as conn:
+            with self.db.read_connection() as conn:
                 try:
                     with conn.transaction(), conn.cursor(name=f"gh_{uuid.uuid4().hex}") as cur:
                         cur.execute(select, params)
@@ -1000,11 +1181,11 @@ class PostGISProvider(FeatureProvider):
 
     def get(self, fid: str, crs: CRS = CRS84, properties=None, skip_geometry: bool = False) -> StoredFeature:
         key = self._id_value(fid)
-        with self.db.connection() as conn:
-            try:
-                row = conn.execute(self._select_one(crs, properties, skip_geometry), (key,)).fetchone()
-            except psycopg.Error as exc:
-                raise _read_error(exc) from exc
+        statement = self._select_one(crs, properties, skip_geometry)
+        try:
+            row = self.db.read(lambda conn: conn.execute(statement, (key,)).fetchone())
+        except psycopg.Error as exc:
+            raise _read_error(exc) from exc
         if row is None:
             raise NotFound(f"feature {str(fid)[:100]!r} not found")
         return StoredFeature(row[0], row[2].encode(), f'"{row[1]}"')
@@ -1061,16 +1242,26 @@ class PostGISProvider(FeatureProvider):
                 with conn.transaction():
                     result = work(conn)
                     if self.db.ensure_revisions():
-                        conn.execute(
-                            "INSERT INTO geoharbor.revisions AS r (source, revision) VALUES (%s, 1) "
-                            "ON CONFLICT (source) DO UPDATE SET revision = r.revision + 1, changed = now()",
-                            (self._source_key,),
-                        )
+                        self.db.bump_revision(conn, self._source_key)
                     return result
+            except PreconditionFailed:
+                self._tell_revision()
+                raise
             except ProviderError:
                 raise
             except psycopg.Error as exc:
                 raise _write_error(exc) from exc
+
+    def _tell_revision(self) -> None:
+        """After a failed ``If-Match``: tell the client the table's revision now, as a write
+        does, so that its next read (for the current version) is not answered by a replica
+        that has not replayed the write it lost to."""
+        try:
+            found = self.db.revisions([self._source_key])
+        except (ProviderError, psycopg.Error):
+            return  # the 412 stands without it
+        if found is not None:
+            wrote(self.db.name, self._source_key, found[self._source_key])
 
     def _apply(self, conn: psycopg.Connection, op: Write, crs: CRS) -> StoredFeature | None:
         """One op of a batch, inside the batch's transaction."""
@@ -1260,6 +1451,18 @@ def revisions_found(keys: Sequence[str], rows: Iterable[tuple[Any, Any]]) -> dic
     found = dict.fromkeys(keys, 0)
     found.update((source, int(revision)) for source, revision in rows)
     return found
+
+
+#: SQLSTATE of a statement a hot standby cancelled for the WAL it replays (serialization_failure).
+RECOVERY_CONFLICT = "40001"
+
+
+def _lost(exc: psycopg.OperationalError) -> bool:
+    """Whether an error means the server or the connection is gone, not the statement failed:
+    no SQLSTATE (libpq lost the connection), connection exceptions (08...), or an
+    administrator's shutdown or a server not yet accepting connections (57P01-57P03)."""
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 def _safe_url(url: str) -> str:

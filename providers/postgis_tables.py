@@ -182,11 +182,7 @@ class PostGISTables(Tables):
                 with conn.transaction():
                     conn.execute(sql.SQL("TRUNCATE {}").format(self._ident(name)))
                     if revisions:
-                        conn.execute(
-                            "INSERT INTO geoharbor.revisions AS r (source, revision) VALUES (%s, 1) "
-                            "ON CONFLICT (source) DO UPDATE SET revision = r.revision + 1, changed = now()",
-                            (f"{self.schema}.{name}",),
-                        )
+                        self.db.bump_revision(conn, f"{self.schema}.{name}")
             except psycopg.Error as exc:
                 raise _error(exc) from exc
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Run the whole test suite on a fresh Debian machine as root: installs PostGIS, GDAL,
-# Chromium and MapServer (the WFS the remote-layer tests talk to) from Debian, starts
+# Chromium, MapServer (the WFS the remote-layer tests talk to), pgbouncer and HAProxy
+# (the scale test's pooler and balancer) from Debian, starts
 # PostgreSQL, builds the venv, lints, then runs pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
 
 need=()
-for pkg in postgresql-15-postgis-3 gdal-bin chromium cgi-mapserver mapserver-bin; do
+for pkg in postgresql-15-postgis-3 gdal-bin chromium cgi-mapserver mapserver-bin pgbouncer haproxy; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -15,8 +16,9 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# Start the first PostgreSQL cluster and let root connect over the Unix socket.
-read -r pg_version pg_cluster < <(pg_lsclusters -h | awk 'NR==1 {print $1, $2}')
+# Start the cluster on port 5432 (the tests make clusters of their own on other ports) and
+# let root connect over the Unix socket.
+read -r pg_version pg_cluster < <(pg_lsclusters -h | awk '$3 == 5432 {print $1, $2; exit}')
 pg_ctlcluster "$pg_version" "$pg_cluster" start 2>/dev/null || true
 for _ in $(seq 1 30); do
     su postgres -c "psql -qAtc 'SELECT 1'" >/dev/null 2>&1 && break

@@ -14,19 +14,27 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from providers.base import WRITE_HOOKS, FeatureProvider
 from server import (
     audit,
+    consistency,
     cors,
     datasets,
     errors,
     features,
+    geonode,
+    geonode_commands,
+    geonode_harvest,
+    geonode_thumbnails,
+    geonode_uploads,
     health,
     importer,
     mapfish,
+    metadata_routes,
     metrics,
     ogc,
     ogc_mount,
     portal_export,
     processes,
     ratelimit,
+    records,
     rest,
     rest_audit,  # noqa: F401 - registers its routes on rest.blueprint
     rest_buffer,  # noqa: F401
@@ -110,6 +118,8 @@ def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
         Tile routes check it themselves, in the same round trip as their revisions,
         unless a key is presented: a revoked key must be refused before anything runs.
         """
+        if request.endpoint in health.PROBES:
+            return  # a readiness probe syncs itself, and answers 503 rather than failing here
         if request.endpoint not in tiles.SYNCS_ITSELF or auth_module.presented_key(request):
             state.registry.sync()
 
@@ -136,9 +146,20 @@ def create_app(config: dict[str, Any] | str | os.PathLike[str]) -> Flask:
     app.register_blueprint(datasets.blueprint)
     errors.use_format(app, "/datasets", datasets.detail_error)
     errors.use_format(app, "/api/portal", datasets.detail_error)
+    geonode_uploads.install(app)
+    geonode_harvest.install(app)
+    geonode_commands.install(app)
+    geonode_thumbnails.install(app)
+    metadata_routes.install(app)
+    records.install(app)
     _install_platform(app, state)
+    geonode.install(app)
     # CORS on every response; tiles cached under the current revision answered before Flask.
     tile_fast_path.install(app, cors.install(app, config["server"]["cors_origins"]))
+    # Outermost: every request (tiles answered before Flask too) reads within its scope, then
+    # load balancers' liveness probes are answered before anything else runs.
+    consistency.install(app)
+    health.install(app)
     LOGGER.info("geoharbor serving %d collections", len(registry.collections))
     return app
 

@@ -16,7 +16,9 @@ threads for ordinary requests plus one per event stream it may serve
 ``server.threads`` at once, as before. gevent would serve more streams per worker but
 must patch every blocking call of psycopg, GDAL and pyogrio, which not all of them
 allow; threads need nothing of the libraries. On SIGTERM a worker first ends its
-streams, so a graceful stop is not held up by clients that never leave. Prometheus
+streams, so a graceful stop is not held up by clients that never leave, and closes its
+listening sockets, so that new connections are refused (a load balancer retries them
+elsewhere) while the requests in flight finish. Prometheus
 counters of all workers are added up through ``PROMETHEUS_MULTIPROC_DIR`` (server/metrics.py).
 """
 
@@ -130,7 +132,8 @@ def _metrics_dir() -> str | None:
 
 
 def _end_streams_on_sigterm(worker: Any) -> None:
-    """gunicorn ``post_worker_init``: on SIGTERM, end the worker's event streams, then stop as usual."""
+    """gunicorn ``post_worker_init``: on SIGTERM, end the worker's event streams and stop
+    listening, then stop as usual (the requests in flight finish)."""
     import signal
 
     from server import streams
@@ -141,8 +144,42 @@ def _end_streams_on_sigterm(worker: Any) -> None:
         streams.SHUTDOWN.set()
         if callable(graceful):
             graceful(signum, frame)
+        _stop_listening(worker)
 
     signal.signal(signal.SIGTERM, stop)
+
+
+def _stop_listening(worker: Any) -> None:
+    """Have the worker close its copies of the listening sockets, from its own loop.
+
+    A stopping gthread worker stops accepting but keeps its copy of the listening socket
+    until its last request ends, and the kernel goes on completing connections nobody
+    will accept: they wait, then are reset. Once the arbiter and every stopping worker
+    have closed theirs, a new connection is refused at once, and a load balancer sends
+    it to another host. A worker stopped alone (a reload) leaves the socket to the
+    workers that go on.
+
+    The closing runs in the worker's event loop (its method queue), never in this signal
+    handler, which may have interrupted that loop: the listeners leave the poller first,
+    so no event of theirs reaches a closed socket. The queue is fed from a thread, as
+    its lock may be held by the code this handler interrupted. A worker without that
+    loop (not gthread) stops as gunicorn has it.
+    """
+    queue = getattr(worker, "method_queue", None)
+    disable = getattr(worker, "set_accept_enabled", None)
+    if queue is None or disable is None:
+        return
+
+    def close_listeners() -> None:
+        disable(False)
+        for listener in getattr(worker, "sockets", []):
+            raw = getattr(listener, "sock", None)
+            if raw is not None:
+                raw.close()  # the wrapper stays: the worker's last clean-up closes it again
+
+    import threading
+
+    threading.Thread(target=queue.defer, args=(close_listeners,), daemon=True).start()
 
 
 def _forget_worker(server: Any, worker: Any) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from providers.records import COLLECTION_ID as RECORDS_COLLECTION
+
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -135,6 +137,17 @@ _SCHEMA: dict[str, Any] = {
                         "properties": {
                             "type": {"const": "postgis"},
                             "url": {"type": "string", "minLength": 1},
+                            "read_url": {
+                                "type": "string",
+                                "minLength": 1,
+                                "description": "a streaming replica: reads of GET/HEAD requests go there",
+                            },
+                            "direct_url": {
+                                "type": "string",
+                                "minLength": 1,
+                                "description": "url goes through a transaction pooler (pgbouncer): "
+                                "LISTEN, loads and the job worker connect here, bypassing it",
+                            },
                             "pool_min": {"type": "integer", "minimum": 0},
                             "pool_max": {"type": "integer", "minimum": 1},
                             "prepare_threshold": {"type": ["integer", "null"], "minimum": 0},
@@ -232,6 +245,28 @@ _SCHEMA: dict[str, Any] = {
                 "max_unpacked_mb": {"type": "number", "exclusiveMinimum": 0},
             },
         },
+        "catalogue": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "the catalogue (GeoNode API v2 under /api/v2, OGC API - Records)",
+            "properties": {
+                "upload_max_mb": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "description": "largest uploads/upload (default: datasets.max_upload_mb)",
+                },
+                "upload_parallel_max": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "uploads one user may have running at once",
+                },
+                "document_max_mb": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "description": "largest document",
+                },
+            },
+        },
         "sql": {
             "type": "object",
             "additionalProperties": False,
@@ -301,6 +336,7 @@ REST_DEFAULTS: dict[str, Any] = {"prefix": "/rest/1", "perpage_max": 1000}
 MAPFISH_DEFAULTS: dict[str, Any] = {"prefix": "/mapfish", "limit_max": 10_000}
 DATASETS_DEFAULTS: dict[str, Any] = {"max_upload_mb": 2048, "max_unpacked_mb": 8192}
 SQL_DEFAULTS: dict[str, Any] = {"max_rows": 10_000, "timeout_ms": 10_000}
+CATALOGUE_DEFAULTS: dict[str, Any] = {"upload_parallel_max": 5, "document_max_mb": 50}
 IMPORTS_DEFAULTS: dict[str, Any] = {"prefix": "/imports", "roots": [], "remote_timeout_s": 30}
 JOBS_DEFAULTS: dict[str, Any] = {
     "workers": 1,
@@ -378,7 +414,10 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         "wfs": dict(raw.get("wfs", {})),
         "imports": {**IMPORTS_DEFAULTS, **raw.get("imports", {})},
         "sql": {**SQL_DEFAULTS, **raw.get("sql", {})},
+        "catalogue": {**CATALOGUE_DEFAULTS, **raw.get("catalogue", {})},
     }
+    if RECORDS_COLLECTION in config["collections"]:
+        raise ConfigError(f"collections.{RECORDS_COLLECTION}: the name of the catalogue's records collection")
     for name, coll in config["collections"].items():
         source = config["sources"].get(coll["source"])
         if source is None:

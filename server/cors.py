@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Flask, Response, request
 
 #: Response headers a script on another origin may read.
-EXPOSED = "ETag, Location, Link, Content-Crs, OGC-NumberMatched-Estimated"
+EXPOSED = "ETag, Location, Link, Content-Crs, OGC-NumberMatched-Estimated, X-Geoharbor-Revision"
 #: What a preflight allows.
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 DEFAULT_ALLOWED_HEADERS = "Content-Type, If-Match, Content-Crs"

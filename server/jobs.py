@@ -245,9 +245,15 @@ class Jobs:
         return self.config["sources"][self.config["store"]["source"]]["url"]
 
     def _queue(self) -> procrastinate.App:
-        """procrastinate, opened once per process (a pool must not cross a fork)."""
+        """procrastinate, opened once per process (a pool must not cross a fork).
+
+        Its tables are made first if no worker made them yet: a web host may take a job
+        before any worker has started (hosts and workers start in any order).
+        """
         with self._lock:
             if self._app is None or self._opened_pid != os.getpid():
+                spec = self.config["sources"][self.config["store"]["source"]]
+                apply_schema(spec.get("direct_url", spec["url"]), spec.get("prepare_threshold", 5))
                 self._app = queue_app(self.config, pool_max=2).open()
                 self._opened_pid = os.getpid()
             return self._app
@@ -383,10 +389,21 @@ class Jobs:
 
 
 # -- procrastinate -------------------------------------------------------------------------------
-def queue_app(config: dict[str, Any], pool_max: int = 4) -> procrastinate.App:
-    """The procrastinate App on the store's database, with geoharbor's tasks and periodic tasks."""
-    url = config["sources"][config["store"]["source"]]["url"]
-    connector = procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=pool_max)
+def queue_app(config: dict[str, Any], pool_max: int = 4, direct: bool = False) -> procrastinate.App:
+    """The procrastinate App on the store's database, with geoharbor's tasks and periodic tasks.
+
+    ``direct``: a worker's, which LISTENs for new jobs, so it connects past any transaction
+    pooler (the source's ``direct_url``); deferring jobs works through the pooler. Either
+    way the source's ``prepare_threshold`` holds (None for pgbouncer in transaction mode).
+    """
+    spec = config["sources"][config["store"]["source"]]
+    url = spec.get("direct_url", spec["url"]) if direct else spec["url"]
+    connector = procrastinate.PsycopgConnector(
+        conninfo=url,
+        min_size=1,
+        max_size=pool_max,
+        kwargs={"prepare_threshold": spec.get("prepare_threshold", 5)},
+    )
     app = procrastinate.App(connector=connector)
     for name in TASKS:
         app.task(name=name, queue=QUEUE, pass_context=True)(_queued(name))
@@ -439,7 +456,7 @@ def _fire_schedules(context: procrastinate.JobContext, timestamp: int) -> None:
     fire_schedules(runtime.registry, runtime, float(timestamp))
 
 
-def apply_schema(url: str) -> bool:
+def apply_schema(url: str, prepare_threshold: int | None = 5) -> bool:
     """Create procrastinate's tables on the store's database unless they exist; True if made.
 
     Under an advisory lock, so that workers starting together on several hosts do not
@@ -447,7 +464,7 @@ def apply_schema(url: str) -> bool:
     migrations (``procrastinate schema --migrations-path``) before starting workers.
     """
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(url, autocommit=True, prepare_threshold=prepare_threshold) as conn:
             conn.execute("SELECT pg_advisory_lock(%s, %s)", SCHEMA_LOCK)
             try:
                 if conn.execute("SELECT to_regclass('procrastinate_jobs')").fetchone()[0] is not None:  # type: ignore[index]
@@ -465,19 +482,21 @@ def run_worker(
     config: dict[str, Any], concurrency: int | None = None, queues: list[str] | None = None
 ) -> None:
     """Run a procrastinate worker for geoharbor's tasks until SIGINT/SIGTERM (``geoharbor worker``)."""
-    from server import imports  # noqa: F401 - registers the importer's task
+    from server import geonode_commands, geonode_harvest, imports  # noqa: F401 - register their tasks
     from server.registry import Registry
 
     if "source" not in config["store"]:
         raise InvalidQuery("the store is a SQLite file (embedded mode): jobs run in the server process")
     settings = config["jobs"]
-    apply_schema(config["sources"][config["store"]["source"]]["url"])
+    spec = config["sources"][config["store"]["source"]]
+    # A session advisory lock: past any transaction pooler.
+    apply_schema(spec.get("direct_url", spec["url"]), spec.get("prepare_threshold", 5))
     registry = Registry(config)
     jobs = Jobs(config, registry)
     try:
         jobs.reap()
         width = concurrency or settings["concurrency"]
-        app = queue_app(config, pool_max=width + 3)
+        app = queue_app(config, pool_max=width + 3, direct=True)
         app.run_worker(
             queues=queues,
             concurrency=width,

@@ -7,7 +7,10 @@
 * ``geoharbor_tile_cache_total{result}``: vector tiles of cached collections served
   from this process's cache (``hit``) or built (``miss``);
 * ``geoharbor_jobs{state}``: job records by state, read from the store at scrape time,
-  so every process reports the same numbers.
+  so every process reports the same numbers;
+* ``geoharbor_replica_up{source}``, ``geoharbor_replica_lag_seconds{source}`` and
+  ``geoharbor_replica_lag_bytes{source}``: each PostGIS source's read replica, measured
+  at scrape time.
 
 Under gunicorn each worker has its own counters: ``geoharbor serve`` points
 ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before any worker starts, every worker
@@ -39,6 +42,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from providers.errors import ProviderError
+from providers.postgis import PostGISDatabase
 from providers.store import Store
 from server import jobs
 from server.tile_fast_path import ANSWERED
@@ -82,6 +86,43 @@ class JobsCollector(Collector):
         for state in (jobs.PENDING, jobs.RUNNING, jobs.COMPLETE, jobs.FAILED):
             family.add_metric([state], counts.get(state, 0))
         yield family
+
+
+class ReplicaCollector(Collector):
+    """Each read replica's lag, measured when scraped (one read on the replica and one on
+    the primary per replica): ``geoharbor_replica_up``, ``geoharbor_replica_lag_seconds``
+    and ``geoharbor_replica_lag_bytes``, labelled by source."""
+
+    def __init__(self, sources: dict[str, Any]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Any:
+        up = GaugeMetricFamily(
+            "geoharbor_replica_up", "Whether the source's read replica answers", labels=["source"]
+        )
+        seconds = GaugeMetricFamily(
+            "geoharbor_replica_lag_seconds",
+            "Age of the last transaction the read replica replayed (0 when it replayed everything)",
+            labels=["source"],
+        )
+        size = GaugeMetricFamily(
+            "geoharbor_replica_lag_bytes",
+            "WAL the read replica has not replayed yet, in bytes",
+            labels=["source"],
+        )
+        found = False
+        for name, source in self.sources.items():
+            if not isinstance(source, PostGISDatabase) or source.replica is None:
+                continue
+            found = True
+            status = source.replica_status() or {}
+            up.add_metric([name], 1.0 if status.get("up") else 0.0)
+            if status.get("lag_s") is not None:
+                seconds.add_metric([name], float(status["lag_s"]))
+            if status.get("lag_bytes") is not None:
+                size.add_metric([name], float(status["lag_bytes"]))
+        if found:
+            yield from (up, seconds, size)
 
 
 def _route() -> str:
@@ -154,6 +195,7 @@ def metrics() -> Response:
     store = current_app.extensions["geoharbor"].registry.store
     scraped = CollectorRegistry(auto_describe=False)
     scraped.register(JobsCollector(store))
+    scraped.register(ReplicaCollector(current_app.extensions["geoharbor"].registry.sources))
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 

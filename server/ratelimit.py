@@ -38,7 +38,7 @@ LOGGER = logging.getLogger(__name__)
 UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 #: Paths never counted: probes of load balancers and orchestrators.
-EXEMPT_PATHS = frozenset({"/health"})
+EXEMPT_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
 
 #: Seconds between two purges of ended windows by one process.
 PURGE_EVERY_S = 300.0

@@ -141,6 +141,9 @@ class Registry:
             if spec["type"] == "postgis":
                 self.sources[name] = PostGISDatabase(
                     spec["url"],
+                    name=name,
+                    read_url=spec.get("read_url"),
+                    direct_url=spec.get("direct_url"),
                     pool_min=spec.get("pool_min", 1),
                     pool_max=spec.get("pool_max", 10),
                     prepare_threshold=spec.get("prepare_threshold", 5),
@@ -344,6 +347,11 @@ class Registry:
         return SQLiteStore(spec["path"])
 
     # -- run-time layers -------------------------------------------------------------------
+    @property
+    def published_generation(self) -> int | None:
+        """The store generation this process's collections were built from (None before the first sync)."""
+        return self._generation
+
     def sync(self) -> bool:
         """Publish the store's layers as they are now; True when the collections changed.
 
@@ -411,7 +419,8 @@ class Registry:
             keys = self.revision_keys(colls)
             revisions = None
             if keys is not None:
-                revisions = colls[0].provider.db.revisions(keys)  # type: ignore[attr-defined]
+                # Where the request reads (the replica, when it may): the tile is read there too.
+                revisions = colls[0].provider.db.read_revisions(keys)  # type: ignore[attr-defined]
             if revisions is None:
                 if self.sync():
                     continue
@@ -437,8 +446,15 @@ class Registry:
 
     def current(self, revisions: dict[str, int]) -> bool:
         """Whether this process's collections are the store's as of ``revisions`` (read with
-        :meth:`revision_keys`); when they are not, they are rebuilt and this says False."""
-        return not self._rebuild(revisions[GENERATION_KEY])
+        :meth:`revision_keys`); when they are not, they are rebuilt and this says False.
+
+        An older generation than this process's (read on a replica that has not replayed
+        the latest layer change) is not current either, and rebuilds nothing.
+        """
+        generation = revisions[GENERATION_KEY]
+        if self._generation is not None and generation < self._generation:
+            return False
+        return not self._rebuild(generation)
 
     def _shared_database(self, colls: list[Collection]) -> PostGISDatabase | None:
         """The store's database when every collection lives in it too, else None."""
@@ -544,6 +560,9 @@ class Registry:
                 entry.update({"up": True, "remote_up": source.ping(), "circuit": source.state})
             else:
                 entry["up"] = source.ping()
+            if isinstance(source, PostGISDatabase) and source.replica is not None:
+                # Reads fall back to the primary while it is down: reported, not a failure.
+                entry["replica"] = source.replica_status()
             if name in self.source_errors:
                 entry["error"] = self.source_errors[name]
             entry["collections"] = sorted(c.id for c in self.collections.values() if c.source == name)

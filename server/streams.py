@@ -24,7 +24,9 @@ kept to ``server.threads`` at once in a process (what they had before streams
 existed), so streams never take their threads, and past ``MAX_STREAMS`` open streams
 a process answers 503 ``{"detail": ...}`` rather than queueing a stream behind others.
 On SIGTERM the streams of the worker end within a second, so a graceful stop does
-not wait for clients that never leave.
+not wait for clients that never leave; their last frame repeats ``retry:`` (with a
+comment saying the server stops), and the client reconnects, through the load
+balancer, to a worker that goes on, resuming after its ``Last-Event-ID``.
 """
 
 from __future__ import annotations
@@ -207,6 +209,12 @@ def _opening(settings: Settings, what: str) -> bytes:
     return b"retry: %d\n: %s\n\n" % (settings.retry_ms, what.encode())
 
 
+def _closing(settings: Settings) -> bytes:
+    """The last frame of a stream ended because its worker stops: when to reconnect (to
+    another worker or host behind the load balancer), and why, as a comment."""
+    return b"retry: %d\n: server stopping, reconnect\n\n" % settings.retry_ms
+
+
 def _going_on(gone: Callable[[], bool] | None) -> bool:
     """Whether a stream goes on: the worker is not stopping and the client is still there.
 
@@ -294,6 +302,8 @@ def job_stream(job_id: str) -> Response:
                     if ended is not None:
                         yield from ended
                         return
+            if SHUTDOWN.is_set():
+                yield _closing(settings)
 
     return _respond(body())
 
@@ -345,6 +355,8 @@ def _evaluations(what: str) -> Response:
                     yield _frame(event.id, event.body)
                 if beat is not None:
                     yield beat
+            if SHUTDOWN.is_set():
+                yield _closing(settings)
 
     return _respond(body())
 

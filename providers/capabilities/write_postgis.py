@@ -72,7 +72,7 @@ def _columns(layout: Layout) -> list[sql.Identifier]:
 def _transaction(db: PostGISDatabase) -> Iterator[psycopg.Connection]:
     """A connection of its own (a chain may outlast the pool's statement timeout), in a transaction."""
     try:
-        conn = psycopg.connect(db.url, autocommit=True)
+        conn = db.connect_direct(autocommit=True)  # session settings: past any transaction pooler
     except psycopg.OperationalError as exc:
         raise Unavailable(f"database unavailable: {exc}") from exc
     try:
