@@ -24,6 +24,7 @@ The endpoint is open like ``/health``: it tells route names and counts, no data.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from server import jobs
 from server.tile_fast_path import ANSWERED
 
 #: The variable naming the directory where gunicorn workers write their values (set by server/cli.py).
+LOGGER = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 blueprint = Blueprint("metrics", __name__)
@@ -176,6 +178,17 @@ def install(app: Flask) -> None:
 
     @app.after_request
     def count_request(response: Response) -> Response:
+        try:
+            _count(response)
+        except OSError as exc:
+            # Counting must never fail a request: the multiprocess directory may have gone
+            # (cleaned from under a long-running server); make it again for the next one.
+            LOGGER.warning("metrics not counted: %s", exc)
+            if os.environ.get(MULTIPROC_ENV):
+                os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
+        return response
+
+    def _count(response: Response) -> None:
         route = _route()
         started = g.pop("metrics_started", None)
         if started is not None:
@@ -187,7 +200,6 @@ def install(app: Flask) -> None:
             TILE_CACHE.labels("miss").inc(len(built))
         if found - built:
             TILE_CACHE.labels("hit").inc(len(found - built))
-        return response
 
 
 @blueprint.route("/metrics")

@@ -307,3 +307,86 @@ def test_running_uploads_are_counted_per_owner(files, tmp_path):
         assert executions.running(7, "harvest") == 0
     finally:
         registry.close()
+
+
+def test_an_uploaded_dataset_is_found_edited_hidden_and_deleted(api, files, tmp_path):
+    """A user's whole round, on each store: upload a Shapefile, poll its execution request,
+    find the dataset by search, keyword, category, owner and extent, page and order, PATCH
+    its metadata, hide it from anonymous users (catalogue, OGC items and tiles alike), delete it."""
+    name = f"rosa{uuid.uuid4().hex[:8]}"
+    ok(call(api, "POST", "/rest/1/users", json={"username": name}), 201)
+    key = ok(call(api, "POST", "/rest/1/keys", json={"username": name, "scopes": ["read", "write"]}), 201)
+    rosa = {"API-Key": key["key"]}
+
+    def anonymous(path: str, **params: Any) -> requests.Response:
+        return requests.get(api + path, params=params, timeout=TIMEOUT)
+
+    def pks(params: dict[str, Any], who: dict[str, str] | None = AUTH) -> list[int]:
+        query = {"page_size": 100, **params}
+        listed = call(api, "GET", "/api/v2/resources", params=query, headers=who) if who else None
+        listed = listed if listed is not None else anonymous("/api/v2/resources", **query)
+        return [int(r["pk"]) for r in ok(listed)["resources"]]
+
+    shp = shapefile(files, tmp_path)
+    started = ok(call(api, "POST", "/api/v2/uploads/upload", files=upload_form(shp), headers=rosa), 201)
+    done = wait_request(api, started["execution_id"])
+    assert done["status"] == "finished", done
+    ((pk, cid),) = [(int(r["id"]), r["alternate"]) for r in done["output_params"]["resources"]]
+
+    # Found by what it is called, whose it is and where it lies.
+    assert pks({"search": shp.stem}) == [pk]
+    assert pk in pks({"filter{owner.username}": name}) and pk not in pks({"filter{-owner.username}": name})
+    assert pk in pks({"extent": "2,48,3,49"})  # Paris
+    assert pk not in pks({"extent": "146,-43,148,-41"})  # Tasmania
+    # Edited: its metadata, written through to the collection, and found by it.
+    word = f"kw{uuid.uuid4().hex[:8]}"
+    patched = ok(
+        call(
+            api,
+            "PATCH",
+            f"/api/v2/datasets/{pk}",
+            headers=rosa,
+            json={
+                "title": f"Around France {word}",
+                "abstract": "Natural Earth countries around France, in Lambert 93",
+                "keywords": [word],
+                "category": {"identifier": "boundaries"},
+            },
+        )
+    )["dataset"]
+    assert patched["title"] == f"Around France {word}" and patched["category"]["identifier"] == "boundaries"
+    collection = ok(call(api, "GET", f"/collections/{cid}", params={"f": "json"}, headers=rosa))
+    assert collection["title"] == f"Around France {word}"
+    assert pks({"search": word}) == [pk]
+    assert pks({"filter{keywords.name}": word}) == [pk]
+    assert pk in pks({"filter{category.identifier}": "boundaries", "filter{owner.username}": name})
+    # Paged and ordered: pages of one, by title, make the whole ordered list.
+    everything = ok(call(api, "GET", "/api/v2/resources", params={"page_size": 100, "ordering": "title"}))
+    paged = [
+        ok(call(api, "GET", "/api/v2/resources", params={"page_size": 1, "page": n, "ordering": "title"}))
+        for n in range(1, everything["total"] + 1)
+    ]
+    assert [p["resources"][0]["pk"] for p in paged] == [r["pk"] for r in everything["resources"]]
+    titles = [r["title"] for r in everything["resources"]]
+    assert titles == sorted(titles, key=str.lower) or titles == sorted(titles)
+    assert paged[0]["links"]["next"] and paged[-1]["links"]["next"] is None
+
+    # Shared with anonymous users, then hidden from them everywhere at once.
+    def seen_by_anonymous() -> tuple[bool, int, int]:
+        items = anonymous(f"/collections/{cid}/items", limit=1)
+        tile = anonymous(f"/collections/{cid}/tiles/WebMercatorQuad/0/0/0")
+        return pk in pks({"search": word}, None), items.status_code, tile.status_code
+
+    share = {"users": {"AnonymousUser": ["view_resourcebase"]}, "groups": {}}
+    ok(call(api, "PUT", f"/api/v2/resources/{pk}/permissions", json=share, headers=rosa))
+    assert seen_by_anonymous() == (True, 200, 200)
+    owner_only = {"users": [], "groups": []}
+    ok(call(api, "PUT", f"/api/v2/resources/{pk}/permissions", json=owner_only, headers=rosa))
+    assert seen_by_anonymous() == (False, 404, 404)
+    assert pks({"search": word}, rosa) == [pk]  # its owner still sees it
+
+    # Deleted: gone from the catalogue and from the OGC API.
+    assert call(api, "DELETE", f"/api/v2/resources/{pk}/delete", headers=rosa).status_code == 204
+    assert call(api, "GET", f"/api/v2/resources/{pk}").status_code == 404
+    assert call(api, "GET", f"/collections/{cid}", params={"f": "json"}).status_code == 404
+    assert pks({"search": word}) == []

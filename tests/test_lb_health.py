@@ -114,7 +114,10 @@ def test_sigterm_finishes_requests_in_flight_and_ends_streams_with_a_retry_hint(
         assert live.headers["Cache-Control"] == "no-store"
         ready = requests.get(f"{url}/health/ready", timeout=10).json()
         assert ready["status"] == "ready" and "reasons" not in ready
-        assert ready["checks"] == {"pg": "ok", "store": "ok", "jobs_queue": "missing"}  # no worker here
+        # No worker here: the queue's tables exist only if some process made them already
+        # (a web host makes them on first use), and either way the host is ready.
+        assert ready["checks"]["pg"] == "ok" and ready["checks"]["store"] == "ok"
+        assert ready["checks"]["jobs_queue"] in ("ok", "missing")
         stream = requests.get(f"{url}/rules/eval-stream", stream=True, timeout=30)
         assert stream.status_code == 200
         chunks = stream.iter_content(chunk_size=None)
