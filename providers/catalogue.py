@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import re
 import sqlite3
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -30,7 +28,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from providers.errors import InvalidQuery, NotFound
-from providers.store import PostgresStore, PostgresTables, SQLiteStore, Store
+from providers.store import PostgresStore, PostgresTables, SQLiteConnections, SQLiteStore, Store
 
 RESOURCE_TYPES = ("dataset", "map", "document", "geoapp")
 
@@ -745,26 +743,11 @@ _BOOL_COLUMNS = {c for c, k in COLUMNS.items() if k == "bool"}
 class _SQLiteCatalogue(_Backend):
     def __init__(self, path: str) -> None:
         self.path = path
-        self._local = threading.local()
-        conn = self._connect()
-        try:
-            conn.executescript(_SQLITE_DDL)
-        finally:
-            conn.close()
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
+        self._connections = SQLiteConnections(path, _SQLITE_DDL)
 
     @property
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
-            conn = self._local.conn = self._connect()
-            self._local.pid = os.getpid()
-        return conn
+        return self._connections.get()
 
     @staticmethod
     def _quote(column: str) -> str:
