@@ -195,7 +195,9 @@ def test_reads_writes_a_job_and_a_stream_through_pgbouncer(
 
     # Event streams are woken through LISTEN on direct connections: a publish through the
     # pooler (NOTIFY at its commit) reaches an open stream at once.
-    bus = events.bus_for(PostgresStore(PostGISDatabase(pooler, prepare_threshold=None, pool_max=1)))
+    # Configured as geoharbor would be (direct_url given), so it SETs nothing through the pooler.
+    through_pooler = PostGISDatabase(pooler, direct_url=database, prepare_threshold=None, pool_max=1)
+    bus = events.bus_for(PostgresStore(through_pooler))
     try:
         with requests.get(f"{base}/rules/eval-stream", stream=True, timeout=30) as stream:
             lines = stream.iter_lines(decode_unicode=True)
