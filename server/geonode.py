@@ -36,6 +36,7 @@ from server.accounts import Accounts
 from server.auth import GRANTS, Identity, current_auth, current_identity
 from server.links import base_url
 from server.registry import Collection
+from server.rules import json_response
 
 blueprint = Blueprint("geonode", __name__)
 PREFIX = "/api/v2"
@@ -122,8 +123,6 @@ def install(app: Flask) -> None:
 
 
 # -- small things ---------------------------------------------------------------------------------
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data, default=str), status=status, mimetype="application/json")
 
 
 def _body() -> dict[str, Any]:
@@ -406,7 +405,7 @@ def _page_links(page: int, size: int, total: int) -> dict[str, str | None]:
 
 
 def _envelope(key: str, items: list[Any], total: int, page: int, size: int) -> Response:
-    return _json(
+    return json_response(
         {"links": _page_links(page, size, total), "total": total, "page": page, "page_size": size, key: items}
     )
 
@@ -459,7 +458,7 @@ def root() -> Response:
         "executionrequest",
         "schema",
     ]
-    return _json({name: f"{base}/{name}/" for name in names})
+    return json_response({name: f"{base}/{name}/" for name in names})
 
 
 @blueprint.route("/resources", methods=["GET"])
@@ -507,7 +506,7 @@ def resource_types() -> Response:
     for kind in RESOURCE_TYPES:
         _, count = catalogue.search(CatalogueQuery(filters=_type_filter(kind), limit=0, visible_to=visible))
         out.append({"name": kind, "count": count, "label": kind.capitalize(), "allowed_perms": {}})
-    return _json({"resource_types": out})
+    return json_response({"resource_types": out})
 
 
 for _kind, (_plural, _single) in TYPE_KEYS.items():
@@ -532,7 +531,7 @@ def _detail(pk: int, kind: str | None) -> Response:
     key = "resource" if kind is None else TYPE_KEYS[kind][1]
     include = [f for v in request.args.getlist("include[]") for f in v.split(",") if f]
     exclude = [f for v in request.args.getlist("exclude[]") for f in v.split(",") if f]
-    return _json({key: _shaped(resource_doc(row, rights), include, exclude)})
+    return json_response({key: _shaped(resource_doc(row, rights), include, exclude)})
 
 
 def _names(value: Any, member: str, keys: tuple[str, ...] = ("name",)) -> list[str]:
@@ -678,7 +677,7 @@ def _update(pk: int, kind: str | None) -> Response:
     row = _typed_row(pk, kind)
     updated = _patch_one(row, _body())
     key = "resource" if kind is None else TYPE_KEYS[kind][1]
-    return _json({key: resource_doc(updated, _rights(updated))})
+    return json_response({key: resource_doc(updated, _rights(updated))})
 
 
 def _bulk_patch(kind: str | None) -> Response:
@@ -696,7 +695,7 @@ def _bulk_patch(kind: str | None) -> Response:
         _require(row, "write")
     for row in rows:
         _patch_one(row, body)
-    return _json({"meta": {"updated": len(rows)}})
+    return json_response({"meta": {"updated": len(rows)}})
 
 
 def _delete(pk: int, kind: str | None) -> Response:
@@ -919,7 +918,7 @@ def set_permissions(row: dict[str, Any], spec: dict[str, Any], replace: bool) ->
 def get_permissions(pk: int) -> Response:
     row = _row(pk)
     _require(row, "read")
-    return _json(perm_spec(row))
+    return json_response(perm_spec(row))
 
 
 @blueprint.route("/resources/<int:pk>/permissions", methods=["PUT", "PATCH", "POST"])
@@ -939,7 +938,7 @@ def put_permissions(pk: int) -> Response:
     follower = catalogue_sync.follower()
     follower.forget()
     follower.current()
-    return _json(_finished_execution("set_permissions", row, {"perm_spec": spec}))
+    return json_response(_finished_execution("set_permissions", row, {"perm_spec": spec}))
 
 
 @blueprint.route("/resources/<int:pk>/permissions", methods=["DELETE"])
@@ -950,7 +949,7 @@ def delete_permissions(pk: int) -> Response:
     for grant in accounts.grants(pk):
         accounts.revoke_grant(pk, grant.id)
     catalogue_sync.follower().forget()
-    return _json(_finished_execution("remove_permissions", row, {}))
+    return json_response(_finished_execution("remove_permissions", row, {}))
 
 
 def _finished_execution(func_name: str, row: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

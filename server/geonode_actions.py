@@ -24,7 +24,6 @@ from server.geonode import (
     _collection,
     _envelope,
     _extra_metadata,
-    _json,
     _require,
     _row,
     _state,
@@ -35,6 +34,7 @@ from server.geonode import (
     resource_doc,
 )
 from server.rest_layers import columns
+from server.rules import json_response
 
 
 def _patch_row(pk: int, changes: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def _patch_row(pk: int, changes: dict[str, Any]) -> dict[str, Any]:
 def get_extra_metadata(pk: int) -> Response:
     row = _row(pk)
     _require(row, "read")
-    return _json(row.get("extra_metadata") or [])
+    return json_response(row.get("extra_metadata") or [])
 
 
 @blueprint.route("/resources/<int:pk>/extra_metadata", methods=["POST", "PUT", "DELETE"])
@@ -69,7 +69,7 @@ def change_extra_metadata(pk: int) -> Response:
         gone = {e.get("id") for e in entries}
         current = [e for e in current if e.get("id") not in gone]
     updated = _patch_row(pk, {"extra_metadata": _extra_metadata(current)})
-    return _json(updated.get("extra_metadata") or [], 201 if request.method == "POST" else 200)
+    return json_response(updated.get("extra_metadata") or [], 201 if request.method == "POST" else 200)
 
 
 # -- favorites and ratings ----------------------------------------------------------------------------
@@ -83,14 +83,14 @@ def favorite(pk: int) -> Response:
     marked = [k for k in row.get("favorites") or [] if k != key]
     if request.method == "POST":
         if key in (row.get("favorites") or []):
-            return _json({"message": "Resource is already in favorites"}, 400)
+            return json_response({"message": "Resource is already in favorites"}, 400)
         marked.append(key)
         _patch_row(pk, {"favorites": marked})
-        return _json({"message": "Successfuly added resource to favorites"}, 201)
+        return json_response({"message": "Successfuly added resource to favorites"}, 201)
     if key not in (row.get("favorites") or []):
-        return _json({"message": "Resource not in favorites"}, 404)
+        return json_response({"message": "Resource not in favorites"}, 404)
     _patch_row(pk, {"favorites": marked})
-    return _json({"message": "Successfuly removed resource from favorites"})
+    return json_response({"message": "Successfuly removed resource from favorites"})
 
 
 @blueprint.route("/resources/<int:pk>/ratings", methods=["GET", "POST"])
@@ -107,7 +107,7 @@ def ratings(pk: int) -> Response:
         _patch_row(pk, {"ratings": scores})
     mine = scores.get(_user_key(), 0)
     overall = round(sum(scores.values()) / len(scores), 2) if scores else 0
-    return _json({"rating": mine, "overall_rating": overall})
+    return json_response({"rating": mine, "overall_rating": overall})
 
 
 # -- links between resources -------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def linked_resources(pk: int) -> Response:
             "link_type": "related" if documented else "maplayer",
         }
 
-    return _json(
+    return json_response(
         {
             "linked_to": [entry(r, row) for r in linked_to],
             "linked_by": [entry(r, row) for r in linked_by],
@@ -187,21 +187,21 @@ def dataset_maplayers(pk: int) -> Response:
         {"pk": m["pk"], "name": row.get("alternate"), "dataset": {"pk": str(pk)}, "map": {"pk": str(m["pk"])}}
         for m in _maps_using(pk)
     ]
-    return _json({"maplayers": layers})
+    return json_response({"maplayers": layers})
 
 
 @blueprint.route("/maps/<int:pk>/datasets", methods=["GET"])
 def map_datasets(pk: int) -> Response:
     row = _typed_row(pk, "map")
     rows = _visible_rows([int(p) for p in row.get("maplayers") or []])
-    return _json({"datasets": [resource_doc(r) for r in rows]})
+    return json_response({"datasets": [resource_doc(r) for r in rows]})
 
 
 @blueprint.route("/maps/<int:pk>/maplayers", methods=["GET"])
 def map_maplayers(pk: int) -> Response:
     row = _typed_row(pk, "map")
     rows = _visible_rows([int(p) for p in row.get("maplayers") or []])
-    return _json(
+    return json_response(
         {
             "maplayers": [
                 {"pk": r["pk"], "name": r.get("alternate"), "dataset": {"pk": str(r["pk"])}} for r in rows
@@ -241,7 +241,7 @@ def attribute_set(pk: int) -> Response:
                 "visible": True,
             }
         )
-    return _json({"attributes": attributes})
+    return json_response({"attributes": attributes})
 
 
 # -- copy ------------------------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def copy(pk: int) -> Response:
     copied = follower.current().get(made.id)
     from server.geonode import _finished_execution
 
-    return _json(_finished_execution("copy", copied, {"source": pk}))
+    return json_response(_finished_execution("copy", copied, {"source": pk}))
 
 
 def _free_id(wanted: str) -> str:

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 from flask import Blueprint, Flask, Response, current_app, request
 
 from providers.errors import Conflict, InvalidData, InvalidQuery, NotFound
@@ -36,6 +35,7 @@ from server import bodies, datasets, errors, jobs, owned
 from server.auth import current_identity, require_admin
 from server.geonode_executions import iso
 from server.jobs import JobContext, task
+from server.rules import json_response
 
 blueprint = Blueprint("geonode_commands", __name__)
 
@@ -85,13 +85,9 @@ def install(app: Flask) -> None:
     errors.use_format(app, PREFIX, datasets.detail_error)
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data, default=str), status=status, mimetype="application/json")
-
-
 def _answer(data: Any, status: int = 200) -> Response:
     """GeoNode's envelope of these routes."""
-    return _json({"success": True, "error": None, "data": data}, status)
+    return json_response({"success": True, "error": None, "data": data}, status)
 
 
 def _state() -> Any:
@@ -263,14 +259,14 @@ def run_command(name: str) -> Response:
 def list_jobs(name: str | None) -> Response:
     _admin()
     rows = _jobs(name)
-    return _json({"total": len(rows), "page": 1, "page_size": len(rows), "results": rows})
+    return json_response({"total": len(rows), "page": 1, "page_size": len(rows), "results": rows})
 
 
 @blueprint.route("/commands/<name>/jobs/<int:job_id>", methods=["GET"])
 @blueprint.route("/jobs/<int:job_id>", methods=["GET"], defaults={"name": None})
 def get_job(job_id: int, name: str | None) -> Response:
     _admin()
-    return _json(job_view(_job(job_id, name)))
+    return json_response(job_view(_job(job_id, name)))
 
 
 @blueprint.route("/commands/<name>/jobs/<int:job_id>/status", methods=["GET"])
@@ -287,14 +283,14 @@ def job_status(job_id: int, name: str | None) -> Response:
         "start_time",
         "end_time",
     )
-    return _json({k: view[k] for k in keep})
+    return json_response({k: view[k] for k in keep})
 
 
 @blueprint.route("/commands/<name>/jobs/<int:job_id>/start", methods=["PATCH"])
 @blueprint.route("/jobs/<int:job_id>/start", methods=["PATCH"], defaults={"name": None})
 def start_job(job_id: int, name: str | None) -> Response:
     _admin()
-    return _json(job_view(_start(_job(job_id, name))))
+    return json_response(job_view(_start(_job(job_id, name))))
 
 
 @blueprint.route("/commands/<name>/jobs/<int:job_id>/stop", methods=["PATCH"])
@@ -305,7 +301,7 @@ def stop_job(job_id: int, name: str | None) -> Response:
     record = _job(job_id, name)
     if record.body.get("job_id"):
         _state().jobs.cancel(record.body["job_id"])
-    return _json(job_view(record))
+    return json_response(job_view(record))
 
 
 # -- the tasks ---------------------------------------------------------------------------------------

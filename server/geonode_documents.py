@@ -33,7 +33,6 @@ from providers.store import Record
 from server import catalogue_sync, datasets, errors
 from server.auth import current_auth, current_identity
 from server.geonode import (
-    _json,
     _require,
     _row,
     _state,
@@ -41,6 +40,7 @@ from server.geonode import (
     metadata_changes,
     resource_doc,
 )
+from server.rules import json_response
 
 #: Files served at the site root, where GeoNode serves them (``href``, ``download_url``).
 files_blueprint = Blueprint("geonode_document_files", __name__)
@@ -233,7 +233,7 @@ def create_document() -> Response:
     if others:  # category, regions, flags ...: the catalogue's own
         row = follower.catalogue.patch(record.id, others)
     rights = current_auth().record_rights(identity, record)
-    return _json({"document": resource_doc(row, rights)}, status=201)
+    return json_response({"document": resource_doc(row, rights)}, status=201)
 
 
 # -- the file -------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from flask import Response, request
 from providers.catalogue import CatalogueQuery
 from providers.errors import NotFound
 from server.auth import current_identity
-from server.geonode import CATEGORIES, _catalogue, _envelope, _json, _user_doc, _visible_to, blueprint
+from server.geonode import CATEGORIES, _catalogue, _envelope, _user_doc, _visible_to, blueprint
 from server.geonode_params import page_numbers
+from server.rules import json_response
 
 
 def _counts(member: str) -> dict[Any, int]:
@@ -74,7 +75,7 @@ def category(cat_id: int) -> Response:
     found = [c for c in _categories() if c["id"] == cat_id]
     if not found:
         raise NotFound(f"category {cat_id} not found")
-    return _json({"category": found[0]})
+    return json_response({"category": found[0]})
 
 
 def _named(member: str) -> list[dict[str, Any]]:
@@ -98,7 +99,7 @@ def keyword(kw_id: int) -> Response:
     found = [k for k in _named("keywords") if k["id"] == kw_id]
     if not found:
         raise NotFound(f"keyword {kw_id} not found")
-    return _json({"keyword": found[0]})
+    return json_response({"keyword": found[0]})
 
 
 @blueprint.route("/tkeywords", methods=["GET"])
@@ -122,7 +123,7 @@ def region(region_id: int) -> Response:
     found = [r for r in _named("regions") if r["id"] == region_id]
     if not found:
         raise NotFound(f"region {region_id} not found")
-    return _json({"region": found[0]})
+    return json_response({"region": found[0]})
 
 
 def _owners() -> list[dict[str, Any]]:
@@ -144,4 +145,4 @@ def owner(owner_id: int) -> Response:
     found = [o for o in _owners() if o["pk"] == owner_id]
     if not found:
         raise NotFound(f"owner {owner_id} not found")
-    return _json({"owner": found[0]})
+    return json_response({"owner": found[0]})

@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 from flask import Blueprint, Flask, Response, current_app, request
 
 from providers import harvest_sources, loader
@@ -48,6 +47,7 @@ from server.jobs import JobContext, task
 from server.links import base_url
 from server.publish import publish_loaded
 from server.registry import COLLECTION_ID
+from server.rules import json_response
 
 blueprint = Blueprint("geonode_harvest", __name__)
 
@@ -67,10 +67,6 @@ def install(app: Flask) -> None:
     app.register_blueprint(blueprint, url_prefix=PREFIX)
     for path in ("/harvesters", "/harvesting-sessions"):
         errors.use_format(app, PREFIX + path, datasets.detail_error)
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data, default=str), status=status, mimetype="application/json")
 
 
 def _state() -> Any:
@@ -208,7 +204,7 @@ def _checked(spec: dict[str, Any], current: dict[str, Any] | None = None) -> dic
 @blueprint.route("/harvesters", methods=["GET"])
 def list_harvesters() -> Response:
     _admin()
-    return _json(_page([harvester_view(r) for r in _store().list(KIND)], "harvesters"))
+    return json_response(_page([harvester_view(r) for r in _store().list(KIND)], "harvesters"))
 
 
 @blueprint.route("/harvesters", methods=["POST"])
@@ -221,13 +217,13 @@ def create_harvester() -> Response:
     body = _checked(spec)
     body.setdefault("default_owner", owned.owner())
     record = _store().insert(KIND, body)
-    return _json({"harvester": harvester_view(record)}, 201)
+    return json_response({"harvester": harvester_view(record)}, 201)
 
 
 @blueprint.route("/harvesters/<int:hid>", methods=["GET"])
 def get_harvester(hid: int) -> Response:
     _admin()
-    return _json({"harvester": harvester_view(_harvester(hid))})
+    return json_response({"harvester": harvester_view(_harvester(hid))})
 
 
 @blueprint.route("/harvesters/<int:hid>", methods=["PUT", "PATCH"])
@@ -249,7 +245,7 @@ def update_harvester(hid: int) -> Response:
         start_session(record)
     elif wanted not in (None, READY):
         raise InvalidData(f"status can be set to {UPDATING} or {HARVESTING}")
-    return _json({"harvester": harvester_view(_harvester(hid))})
+    return json_response({"harvester": harvester_view(_harvester(hid))})
 
 
 @blueprint.route("/harvesters/<int:hid>", methods=["DELETE"])
@@ -313,7 +309,7 @@ def harvestable_resources(hid: int) -> Response:
     if not record.body.get("resources") or request.args.get("refresh", "").lower() in ("1", "true"):
         record = refresh_resources(_store(), record)
     rows = [_resource_view(hid, r) for r in record.body["resources"]]
-    return _json(_page(rows, "harvestable_resources"))
+    return json_response(_page(rows, "harvestable_resources"))
 
 
 @blueprint.route("/harvesters/<int:hid>/harvestable-resources", methods=["PATCH", "PUT"])
@@ -339,7 +335,7 @@ def choose_resources(hid: int) -> Response:
         by_id[uid]["should_be_harvested"] = choice["should_be_harvested"]
     body["resources"] = [by_id[r["unique_identifier"]] for r in body["resources"]]
     record = _store().update(KIND, record.id, body)
-    return _json(
+    return json_response(
         [_resource_view(hid, r) for r in record.body["resources"] if r["unique_identifier"] in by_id]
     )
 
@@ -405,14 +401,14 @@ def harvest(hid: int) -> Response:
     """Start a session at once (GeoNode's client PATCHes the harvester's status instead)."""
     _admin()
     session = start_session(_harvester(hid))
-    return _json({"harvesting_session": session_view(session)}, 201)
+    return json_response({"harvesting_session": session_view(session)}, 201)
 
 
 @blueprint.route("/harvesting-sessions", methods=["GET"])
 def list_sessions() -> Response:
     _admin()
     rows = sorted(_sessions(_store()), key=lambda s: s.id, reverse=True)
-    return _json(_page([session_view(s) for s in rows], "harvesting_sessions"))
+    return json_response(_page([session_view(s) for s in rows], "harvesting_sessions"))
 
 
 @blueprint.route("/harvesting-sessions/<int:sid>", methods=["GET"])
@@ -422,7 +418,7 @@ def get_session(sid: int) -> Response:
         record = _refresh_session(_store(), _store().get(SESSION_KIND, sid))
     except NotFound:
         raise NotFound(f"harvesting session {sid} not found") from None
-    return _json({"harvesting_session": session_view(record)})
+    return json_response({"harvesting_session": session_view(record)})
 
 
 # -- the job ----------------------------------------------------------------------------------------

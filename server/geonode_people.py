@@ -15,8 +15,9 @@ from providers.catalogue import CatalogueQuery, Filter
 from providers.errors import Unauthorized
 from providers.store import Record
 from server.auth import current_auth, current_identity
-from server.geonode import _catalogue, _envelope, _json, _user_doc, _visible_to, blueprint, resource_doc
+from server.geonode import _catalogue, _envelope, _user_doc, _visible_to, blueprint, resource_doc
 from server.geonode_params import page_numbers
+from server.rules import json_response
 
 
 def _store() -> Any:
@@ -89,7 +90,7 @@ def users() -> Response:
 @blueprint.route("/users/<int:user_id>", methods=["GET"])
 def user(user_id: int) -> Response:
     _check_reader()
-    return _json({"user": user_doc(_user(user_id))})
+    return json_response({"user": user_doc(_user(user_id))})
 
 
 @blueprint.route("/users/<int:user_id>/groups", methods=["GET"])
@@ -123,7 +124,7 @@ def groups() -> Response:
 @blueprint.route("/groups/<int:group_id>", methods=["GET"])
 def group(group_id: int) -> Response:
     _check_reader()
-    return _json({"group_profile": group_doc(_group(group_id))})
+    return json_response({"group_profile": group_doc(_group(group_id))})
 
 
 @blueprint.route("/groups/<int:group_id>/members", methods=["GET"])

@@ -24,7 +24,6 @@ import io
 import time
 from typing import Any
 
-import orjson
 from flask import Blueprint, Flask, Response, current_app, request
 from PIL import Image, UnidentifiedImageError
 
@@ -35,6 +34,7 @@ from server import bodies, datasets, errors
 from server.auth import Action, current_auth, current_identity
 from server.links import base_url
 from server.registry import Collection
+from server.rules import json_response
 
 blueprint = Blueprint("geonode_thumbnails", __name__)
 
@@ -222,7 +222,7 @@ def set_thumbnail(pk: int) -> Response:
     dataset_collection(pk, "write")
     png = as_png(_image())
     _save(pk, {"png": base64.b64encode(png).decode(), "custom": True, "revision": None})
-    return _json({"thumbnail_url": _published(pk, png)})
+    return json_response({"thumbnail_url": _published(pk, png)})
 
 
 @blueprint.route("/<int:pk>/set_thumbnail_from_bbox", methods=["POST"])
@@ -242,7 +242,7 @@ def set_thumbnail_from_bbox(pk: int) -> Response:
             "srid": srid,
         },
     )
-    return _json(
+    return json_response(
         {"message": "Thumbnail correctly created.", "success": True, "thumbnail_url": _published(pk, png)}
     )
 
@@ -264,7 +264,3 @@ def _srid(value: Any) -> int:
     if not text.isdigit() or not 0 < int(text) < 1_000_000:
         raise InvalidQuery(f"srid must be an EPSG code such as EPSG:4326, not {str(value)[:40]!r}")
     return int(text)
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status=status, mimetype="application/json")

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
 from flask import Blueprint, Flask, Response, current_app, request
 
 from providers.errors import InvalidData, InvalidQuery, NotFound, ProviderError
@@ -37,6 +36,7 @@ from server.auth import current_auth, current_identity
 from server.geonode_executions import FINAL, Executions, iso, view
 from server.imports import READY, Imports
 from server.links import base_url
+from server.rules import json_response
 
 blueprint = Blueprint("geonode_uploads", __name__)
 
@@ -58,10 +58,6 @@ def install(app: Flask) -> None:
     app.register_blueprint(blueprint, url_prefix=PREFIX)
     for path in ("/uploads", "/executionrequest", "/resource-service", "/upload-"):
         errors.use_format(app, PREFIX + path, datasets.detail_error)
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data, default=str), status=status, mimetype="application/json")
 
 
 def _state() -> Any:
@@ -130,7 +126,7 @@ def upload() -> Response:
         except ProviderError:
             pass  # its job was queued and failed: the import shows why, the client gets the error below
         raise
-    return _json({"execution_id": execution.key, "status": "ready", "success": True}, 201)
+    return json_response({"execution_id": execution.key, "status": "ready", "success": True}, 201)
 
 
 def _flag(name: str) -> bool:
@@ -262,14 +258,14 @@ def _page(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 @blueprint.route("/uploads", methods=["GET"])
 def list_uploads() -> Response:
-    return _json(_page([_upload_view(r) for r in _uploads()], "uploads"))
+    return json_response(_page([_upload_view(r) for r in _uploads()], "uploads"))
 
 
 @blueprint.route("/uploads/<int:upload_id>", methods=["GET"])
 def get_upload(upload_id: int) -> Response:
     for record in _uploads():
         if record.body.get("import_id") == upload_id:
-            return _json({"upload": _upload_view(record)})
+            return json_response({"upload": _upload_view(record)})
     raise NotFound(f"upload {upload_id} not found")
 
 
@@ -283,7 +279,7 @@ def size_limits() -> Response:
         "max_size": size,
         "max_size_label": _label(size),
     }
-    return _json(_page([row], "upload-size-limits"))
+    return json_response(_page([row], "upload-size-limits"))
 
 
 @blueprint.route("/upload-size-limits/<slug>", methods=["GET"])
@@ -291,14 +287,16 @@ def size_limit(slug: str) -> Response:
     if slug != SIZE_SLUG:
         raise NotFound(f"upload size limit {slug[:100]!r} not found")
     size, _ = limits(current_app.config["GEOHARBOR"])
-    return _json({"upload-size-limit": {"slug": SIZE_SLUG, "max_size": size, "max_size_label": _label(size)}})
+    return json_response(
+        {"upload-size-limit": {"slug": SIZE_SLUG, "max_size": size, "max_size_label": _label(size)}}
+    )
 
 
 @blueprint.route("/upload-parallelism-limits", methods=["GET"])
 def parallelism_limits() -> Response:
     _, parallel = limits(current_app.config["GEOHARBOR"])
     row = {"slug": PARALLEL_SLUG, "description": "Uploads a user may run at once", "max_number": parallel}
-    return _json(_page([row], "upload-parallelism-limits"))
+    return json_response(_page([row], "upload-parallelism-limits"))
 
 
 def _label(size: int) -> str:
@@ -319,15 +317,15 @@ def list_executions() -> Response:
     if status:
         rows = [r for r in rows if r.body["status"] == status]
     base = base_url()
-    return _json(_page([view(r, base) for r in rows], "requests"))
+    return json_response(_page([view(r, base) for r in rows], "requests"))
 
 
 @blueprint.route("/executionrequest/<exec_id>", methods=["GET"])
 def get_execution(exec_id: str) -> Response:
-    return _json({"request": view(_execution(exec_id), base_url())})
+    return json_response({"request": view(_execution(exec_id), base_url())})
 
 
 @blueprint.route("/resource-service/execution-status/<exec_id>", methods=["GET"])
 def execution_status(exec_id: str) -> Response:
     """GeoNode's older status door: the request itself, not wrapped."""
-    return _json(view(_execution(exec_id), base_url()))
+    return json_response(view(_execution(exec_id), base_url()))
