@@ -113,7 +113,14 @@ def site(
                 ),
                 201,
             )["id"]
-        yield {"url": server.url, "keys": keys, "users": users, "layers": layers, "workdir": workdir}
+        yield {
+            "url": server.url,
+            "keys": keys,
+            "users": users,
+            "layers": layers,
+            "workdir": workdir,
+            "server": server,
+        }
     finally:
         server.stop()
 
@@ -135,7 +142,9 @@ def ctl(site: dict, *args: str, who: str = "ada", expect: int = 0) -> str:
     done = subprocess.run(
         [GEONODECTL, *args], env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
     )
-    assert done.returncode == expect, f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == expect, (
+        f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}\nserver:\n{site['server'].output()}"
+    )
     return done.stdout
 
 
