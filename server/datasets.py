@@ -44,6 +44,7 @@ from server.auth import current_auth, current_identity
 from server.links import url
 from server.params import int_param
 from server.registry import COLLECTION_ID
+from server.responses import json_response
 
 blueprint = Blueprint("datasets", __name__)
 
@@ -67,10 +68,6 @@ def _settings() -> dict[str, Any]:
 
 def _root() -> Path:
     return Path(_settings()["path"])
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data, default=str), status=status, mimetype="application/json")
 
 
 # -- records and access ------------------------------------------------------------------------
@@ -159,7 +156,7 @@ def upload() -> Response:
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    return _json(_view(record), 201)
+    return json_response(_view(record), 201)
 
 
 def _group_name(parts: list[Any]) -> str:
@@ -214,7 +211,7 @@ def register_ogc() -> Response:
             "owner": owned.owner(),
         }
     )
-    return _json(_remote_view(record), 201)
+    return json_response(_remote_view(record), 201)
 
 
 def _collection_id(registry: Any, wanted: Any, name: str) -> str:
@@ -285,13 +282,13 @@ def list_datasets() -> Response:
     limit = int_param(request.args, "limit", LIMIT_DEFAULT, 1, LIMIT_MAX)
     offset = int_param(request.args, "offset", 0, 0)
     readable = owned.readable(_store().list(KIND))
-    return _json([_view(r) for r in readable[offset : offset + limit]])
+    return json_response([_view(r) for r in readable[offset : offset + limit]])
 
 
 @blueprint.route("/datasets/<dataset_id>", methods=["GET"])
 @blueprint.route("/api/portal/datasets/<dataset_id>", methods=["GET"])
 def get_dataset(dataset_id: str) -> Response:
-    return _json(_view(find_dataset(dataset_id)))
+    return json_response(_view(find_dataset(dataset_id)))
 
 
 @blueprint.route("/datasets/<dataset_id>", methods=["DELETE"])
@@ -321,7 +318,7 @@ def layer_features(dataset_id: str, layer: str) -> Response:
         "limit": limit,
         "offset": offset,
     }
-    response = _json(body)
+    response = json_response(body)
     response.mimetype = "application/geo+json"
     return response
 

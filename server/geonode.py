@@ -36,7 +36,7 @@ from server.accounts import Accounts
 from server.auth import GRANTS, Identity, current_auth, current_identity
 from server.links import base_url
 from server.registry import Collection
-from server.rules import json_response
+from server.responses import json_response
 
 blueprint = Blueprint("geonode", __name__)
 PREFIX = "/api/v2"

@@ -33,8 +33,8 @@ from server.geonode import (
     blueprint,
     resource_doc,
 )
+from server.responses import json_response
 from server.rest_layers import columns
-from server.rules import json_response
 
 
 def _patch_row(pk: int, changes: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from server import bodies, datasets, errors, jobs, owned
 from server.auth import current_identity, require_admin
 from server.geonode_executions import iso
 from server.jobs import JobContext, task
-from server.rules import json_response
+from server.responses import json_response
 
 blueprint = Blueprint("geonode_commands", __name__)
 

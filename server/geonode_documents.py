@@ -40,7 +40,7 @@ from server.geonode import (
     metadata_changes,
     resource_doc,
 )
-from server.rules import json_response
+from server.responses import json_response
 
 #: Files served at the site root, where GeoNode serves them (``href``, ``download_url``).
 files_blueprint = Blueprint("geonode_document_files", __name__)

@@ -15,7 +15,7 @@ from providers.errors import NotFound
 from server.auth import current_identity
 from server.geonode import CATEGORIES, _catalogue, _envelope, _user_doc, _visible_to, blueprint
 from server.geonode_params import page_numbers
-from server.rules import json_response
+from server.responses import json_response
 
 
 def _counts(member: str) -> dict[Any, int]:

@@ -47,7 +47,7 @@ from server.jobs import JobContext, task
 from server.links import base_url
 from server.publish import publish_loaded
 from server.registry import COLLECTION_ID
-from server.rules import json_response
+from server.responses import json_response
 
 blueprint = Blueprint("geonode_harvest", __name__)
 

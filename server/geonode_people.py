@@ -17,7 +17,7 @@ from providers.store import Record
 from server.auth import current_auth, current_identity
 from server.geonode import _catalogue, _envelope, _user_doc, _visible_to, blueprint, resource_doc
 from server.geonode_params import page_numbers
-from server.rules import json_response
+from server.responses import json_response
 
 
 def _store() -> Any:

@@ -34,7 +34,7 @@ from server import bodies, datasets, errors
 from server.auth import Action, current_auth, current_identity
 from server.links import base_url
 from server.registry import Collection
-from server.rules import json_response
+from server.responses import json_response
 
 blueprint = Blueprint("geonode_thumbnails", __name__)
 

@@ -36,7 +36,7 @@ from server.auth import current_auth, current_identity
 from server.geonode_executions import FINAL, Executions, iso, view
 from server.imports import READY, Imports
 from server.links import base_url
-from server.rules import json_response
+from server.responses import json_response
 
 blueprint = Blueprint("geonode_uploads", __name__)
 

@@ -34,6 +34,7 @@ from providers.store import Record
 from server import bodies, links, owned
 from server.auth import current_auth, current_identity, require_admin
 from server.imports import COMPLETE, RUNNING, Imports
+from server.responses import json_response
 
 blueprint = Blueprint("importer", __name__)
 
@@ -41,13 +42,6 @@ blueprint = Blueprint("importer", __name__)
 def importer_error(status: int, message: str) -> Response:
     """An error as GeoServer's importer clients parse it: ``{"errors": [message]}``."""
     return Response(orjson.dumps({"errors": [message]}), status=status, mimetype="application/json")
-
-
-def _json(data: Any, status: int = 200, location: str | None = None) -> Response:
-    response = Response(orjson.dumps(data, default=str), status=status, mimetype="application/json")
-    if location:
-        response.headers["Location"] = location
-    return response
 
 
 def _imports() -> Imports:
@@ -164,7 +158,7 @@ def _tasks_response(imports: Imports, record: Record, task_ids: list[int]) -> Re
     if not made:
         raise InvalidData("no task was created from what was sent")
     body = {"task": made[0]} if len(made) == 1 else {"tasks": made}
-    return _json(body, 201, made[0]["href"])
+    return json_response(body, 201, made[0]["href"])
 
 
 # -- imports -------------------------------------------------------------------------------
@@ -175,7 +169,7 @@ def list_imports() -> Response:
     for record in owned.readable(imports.list()):
         iid = int(record.key or 0)
         out.append({"id": iid, "href": _href(iid), "state": imports.state(record.body)})
-    return _json({"imports": out})
+    return json_response({"imports": out})
 
 
 @blueprint.route("", methods=["POST"])
@@ -212,7 +206,7 @@ def _create(proposed: int | None) -> Response:
         if execute and any(t["state"] == "READY" for t in record.body["tasks"]):
             _execute(imports, record, wait=True)
     record = imports.get(int(record.key or 0))
-    return _json({"import": import_json(imports, record)}, 201, _href(int(record.key or 0)))
+    return json_response({"import": import_json(imports, record)}, 201, _href(int(record.key or 0)))
 
 
 def _has_content(data: dict[str, Any]) -> bool:
@@ -232,7 +226,7 @@ def _execute(imports: Imports, record: Record, wait: bool) -> None:
 @blueprint.route("/<int:import_id>", methods=["GET"])
 def get_import(import_id: int) -> Response:
     imports = _imports()
-    return _json({"import": import_json(imports, _record(import_id))})
+    return json_response({"import": import_json(imports, _record(import_id))})
 
 
 @blueprint.route("/<int:import_id>", methods=["POST"])
@@ -256,7 +250,7 @@ def import_data(import_id: int) -> Response:
     data = record.body.get("data")
     if not data:
         raise NotFound(f"import {import_id} has no data of its own: its tasks have")
-    return _json({**_public_data(data), "href": _href(import_id, "data")})
+    return json_response({**_public_data(data), "href": _href(import_id, "data")})
 
 
 # -- tasks -------------------------------------------------------------------------------
@@ -264,7 +258,7 @@ def import_data(import_id: int) -> Response:
 def list_tasks(import_id: int) -> Response:
     imports = _imports()
     record = _record(import_id)
-    return _json({"tasks": [task_json(imports, import_id, t) for t in record.body["tasks"]]})
+    return json_response({"tasks": [task_json(imports, import_id, t) for t in record.body["tasks"]]})
 
 
 @blueprint.route("/<int:import_id>/tasks", methods=["POST"])
@@ -327,7 +321,7 @@ def _route(rule: str, methods: list[str]) -> Any:
 def get_task(import_id: int, task_id: int) -> Response:
     imports = _imports()
     record = _record(import_id)
-    return _json({"task": task_json(imports, import_id, imports.find_task(record, task_id))})
+    return json_response({"task": task_json(imports, import_id, imports.find_task(record, task_id))})
 
 
 @_route("", ["PUT"])
@@ -340,7 +334,7 @@ def update_task(import_id: int, task_id: int) -> Response:
         raise InvalidData("the body must be a task object")
     changes = raw["task"] if isinstance(raw.get("task"), dict) else raw
     record, task = imports.update_task(record, task_id, lambda t: imports.patch_task(t, changes))
-    return _json({"task": task_json(imports, import_id, task)})
+    return json_response({"task": task_json(imports, import_id, task)})
 
 
 @_route("", ["DELETE"])
@@ -354,7 +348,7 @@ def delete_task(import_id: int, task_id: int) -> Response:
 def get_layer(import_id: int, task_id: int) -> Response:
     imports = _imports()
     task = imports.find_task(_record(import_id), task_id)
-    return _json({"layer": layer_json(import_id, task)})
+    return json_response({"layer": layer_json(import_id, task)})
 
 
 @_route("/layer", ["PUT"])
@@ -364,14 +358,14 @@ def update_layer(import_id: int, task_id: int) -> Response:
     raw = bodies.json_body()
     changes = raw.get("layer", raw) if isinstance(raw, dict) else raw
     record, task = imports.update_task(record, task_id, lambda t: imports.patch_layer(t, changes))
-    return _json({"task": task_json(imports, import_id, task)})
+    return json_response({"task": task_json(imports, import_id, task)})
 
 
 @_route("/target", ["GET"])
 def get_target(import_id: int, task_id: int) -> Response:
     imports = _imports()
     task = imports.find_task(_record(import_id), task_id)
-    return _json(
+    return json_response(
         {
             "target": {
                 "href": _href(import_id, "tasks", task_id, "target"),
@@ -388,7 +382,7 @@ def update_target(import_id: int, task_id: int) -> Response:
     raw = bodies.json_body()
     target = raw.get("target", raw) if isinstance(raw, dict) else raw
     record, task = imports.update_task(record, task_id, lambda t: imports.patch_task(t, {"target": target}))
-    return _json({"task": task_json(imports, import_id, task)})
+    return json_response({"task": task_json(imports, import_id, task)})
 
 
 @_route("/progress", ["GET"])
@@ -409,13 +403,13 @@ def get_progress(import_id: int, task_id: int) -> Response:
         out.update(progress=task["result"]["features"], total=task["result"]["features"])
     if task.get("message"):
         out["message"] = task["message"]
-    return _json(out)
+    return json_response(out)
 
 
 @_route("/data", ["GET"])
 def get_task_data(import_id: int, task_id: int) -> Response:
     task = _imports().find_task(_record(import_id), task_id)
-    return _json({**_public_data(task["data"]), "href": _href(import_id, "tasks", task_id, "data")})
+    return json_response({**_public_data(task["data"]), "href": _href(import_id, "tasks", task_id, "data")})
 
 
 @_route("/data/files", ["GET"])
@@ -425,7 +419,7 @@ def list_task_files(import_id: int, task_id: int) -> Response:
     listed = (
         [{"file": file, "href": _href(import_id, "tasks", task_id, "data", "files", file)}] if file else []
     )
-    return _json({"files": listed})
+    return json_response({"files": listed})
 
 
 @_route("/data/files/<path:name>", ["GET"])
@@ -433,7 +427,7 @@ def get_task_file(import_id: int, task_id: int, name: str) -> Response:
     task = _imports().find_task(_record(import_id), task_id)
     if task["data"].get("file") != name:
         raise NotFound(f"task {task_id} has no file {name[:200]!r}")
-    return _json(
+    return json_response(
         {**_public_data(task["data"]), "href": _href(import_id, "tasks", task_id, "data", "files", name)}
     )
 
@@ -453,7 +447,7 @@ def delete_task_file(import_id: int, task_id: int, name: str) -> Response:
 @_route("/transforms", ["GET"])
 def list_transforms(import_id: int, task_id: int) -> Response:
     task = _imports().find_task(_record(import_id), task_id)
-    return _json({"transforms": transforms_json(import_id, task)})
+    return json_response({"transforms": transforms_json(import_id, task)})
 
 
 @_route("/transforms", ["POST"])
@@ -465,7 +459,7 @@ def append_transform(import_id: int, task_id: int) -> Response:
         record, task_id, lambda t: {**t, "transforms": [*t["transforms"], spec]}
     )
     index = len(task["transforms"]) - 1
-    return _json(
+    return json_response(
         transforms_json(import_id, task)[index], 201, _href(import_id, "tasks", task_id, "transforms", index)
     )
 
@@ -486,7 +480,7 @@ def _transform_index(task: dict[str, Any], task_id: int, index: int) -> int:
 @_route("/transforms/<int:index>", ["GET"])
 def get_transform(import_id: int, task_id: int, index: int) -> Response:
     task = _imports().find_task(_record(import_id), task_id)
-    return _json(transforms_json(import_id, task)[_transform_index(task, task_id, index)])
+    return json_response(transforms_json(import_id, task)[_transform_index(task, task_id, index)])
 
 
 @_route("/transforms/<int:index>", ["PUT"])
@@ -502,7 +496,7 @@ def update_transform(import_id: int, task_id: int, index: int) -> Response:
         return {**task, "transforms": chain}
 
     record, task = imports.update_task(record, task_id, change)
-    return _json(transforms_json(import_id, task)[index])
+    return json_response(transforms_json(import_id, task)[index])
 
 
 @_route("/transforms/<int:index>", ["DELETE"])

@@ -21,8 +21,9 @@ from providers.errors import InvalidData, NotFound
 from providers.store import Record
 from server import bodies, jobs, links, owned
 from server.auth import current_auth, current_identity
+from server.responses import json_response
 from server.rule_jobs import TASK, check_input
-from server.rules import iso, json_response
+from server.rules import iso
 
 blueprint = Blueprint("processes", __name__)
 

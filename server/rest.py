@@ -24,6 +24,7 @@ from flask import Blueprint, Response, current_app, request
 from providers.errors import InvalidData, InvalidQuery
 from server import bodies
 from server.params import int_param
+from server.responses import json_response
 
 blueprint = Blueprint("rest", __name__)
 
@@ -139,10 +140,7 @@ def json_body() -> dict[str, Any]:
 
 def document(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """One resource (or any JSON value) as a response."""
-    response = Response(orjson.dumps(data, default=str), status=status, mimetype="application/json")
-    for key, value in (headers or {}).items():
-        response.headers[key] = value
-    return response
+    return json_response(data, status, headers=headers)
 
 
 def envelope(kind: str, data: list[Any], total: int | None, page: int) -> Response:

@@ -28,7 +28,8 @@ from providers.store import Record
 from server import bodies, jobs, links, owned
 from server.attachments import written_attachment
 from server.auth import current_auth, current_identity
-from server.rules import iso, json_response, page, rule_steps
+from server.responses import json_response
+from server.rules import iso, page, rule_steps
 
 blueprint = Blueprint("rule_jobs", __name__)
 

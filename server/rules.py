@@ -18,7 +18,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from flask import Blueprint, Response, request
 
 from providers import capabilities
@@ -27,19 +26,13 @@ from providers.store import Record
 from server import bodies, owned
 from server.auth import current_auth, current_identity
 from server.params import int_param
+from server.responses import json_response
 
 blueprint = Blueprint("rules", __name__)
 
 KIND = "rule"
 LIMIT_DEFAULT = 100
 LIMIT_MAX = 1000
-
-
-def json_response(data: Any, status: int = 200, location: str | None = None) -> Response:
-    response = Response(orjson.dumps(data, default=str), status=status, mimetype="application/json")
-    if location:
-        response.headers["Location"] = location
-    return response
 
 
 def iso(epoch: float | None) -> str | None:

@@ -28,7 +28,8 @@ from providers.store import Record
 from providers.tables import check_name
 from server import bodies, owned
 from server.auth import current_auth, current_identity
-from server.rules import find_rule, iso, json_response, page
+from server.responses import json_response
+from server.rules import find_rule, iso, page
 
 blueprint = Blueprint("triggers", __name__)
 
