@@ -110,6 +110,88 @@ def count_triggers(table: str) -> list[str]:
     ]
 
 
+def table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether the file has a table, view or index called ``name`` (SQLite names are case-blind)."""
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+    return row is not None
+
+
+def create_layer_table(
+    conn: sqlite3.Connection,
+    name: str,
+    columns: list[str],
+    geometry_type: str | None,
+    srs_id: int | None,
+    *,
+    z: bool = False,
+    m: bool = False,
+    autoincrement: bool = True,
+    triggers: bool = True,
+) -> None:
+    """A user table and every metadata row a GeoPackage reader expects of it, in ``conn``'s
+    transaction: ``gpkg_contents`` (``features``, or ``attributes`` without a geometry
+    type), ``gpkg_geometry_columns``, the empty R-tree and its extension row.
+
+    ``columns`` are the attribute columns' DDL (names already quoted). With ``triggers``
+    off, the R-tree and feature count triggers are left to :func:`add_layer_triggers`
+    once the rows are in: a bulk writer fills the R-tree itself, far faster than a
+    trigger a row, and counts its rows once.
+    """
+    key = "INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL" if autoincrement else "INTEGER PRIMARY KEY NOT NULL"
+    parts = [_compose("{} {}", quote_ident(ID_COLUMN), key)]
+    if geometry_type:
+        parts.append(_compose("{} {}", quote_ident(GEOMETRY_COLUMN), geometry_type))
+    conn.execute(_compose("CREATE TABLE {} ({})", quote_ident(name), ", ".join(parts + columns)))
+    conn.execute(
+        "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id) "
+        "VALUES (?, ?, ?, '', ?)",
+        (name, "features" if geometry_type else "attributes", name, srs_id),
+    )
+    if geometry_type:
+        conn.execute(
+            "INSERT INTO gpkg_geometry_columns (table_name, column_name, geometry_type_name, srs_id, z, m) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (name, GEOMETRY_COLUMN, geometry_type, srs_id, int(z), int(m)),
+        )
+        conn.execute(rtree_statements(name, GEOMETRY_COLUMN, ID_COLUMN)[0])
+        conn.execute(EXTENSIONS_DDL)
+        conn.execute(
+            "INSERT INTO gpkg_extensions (table_name, column_name, extension_name, definition, scope) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (name, GEOMETRY_COLUMN, *RTREE_EXTENSION),
+        )
+    if triggers:
+        add_layer_triggers(conn, name, 0, spatial=bool(geometry_type))
+
+
+def add_layer_triggers(conn: sqlite3.Connection, name: str, rows: int, spatial: bool = True) -> None:
+    """The R-tree's triggers (``spatial``) and GDAL's feature count of ``rows`` with its
+    triggers (when the file keeps ``gpkg_ogr_contents``) on a table made by
+    :func:`create_layer_table`."""
+    if spatial:
+        for statement in rtree_statements(name, GEOMETRY_COLUMN, ID_COLUMN)[1:]:
+            conn.execute(statement)
+    if table_exists(conn, "gpkg_ogr_contents"):
+        conn.execute("INSERT INTO gpkg_ogr_contents (table_name, feature_count) VALUES (?, ?)", (name, rows))
+        for statement in count_triggers(name):
+            conn.execute(statement)
+
+
+def drop_layer_table(conn: sqlite3.Connection, info: TableInfo) -> None:
+    """The table (or view), its R-tree and every metadata row about it, in ``conn``'s transaction."""
+    if info.geometry_column:
+        conn.execute(
+            _compose("DROP TABLE IF EXISTS {}", quote_ident(f"rtree_{info.name}_{info.geometry_column}"))
+        )
+    conn.execute(_compose("DROP {} {}", "VIEW" if info.is_view else "TABLE", quote_ident(info.name)))
+    for meta in METADATA_TABLES:
+        if table_exists(conn, meta):
+            conn.execute(
+                _compose("DELETE FROM {} WHERE lower(table_name) = lower(?)", quote_ident(meta)), (info.name,)
+            )
+    conn.execute("DELETE FROM gpkg_contents WHERE lower(table_name) = lower(?)", (info.name,))
+
+
 class GeoPackageTables(Tables):
     """The feature and attribute tables a GeoPackage lists in ``gpkg_contents``."""
 
@@ -134,14 +216,6 @@ class GeoPackageTables(Tables):
             return self.gpkg.connection().execute(statement, params).fetchall()
         except sqlite3.Error as exc:
             raise _error(exc) from exc
-
-    def _has_table(self, conn: sqlite3.Connection, name: str) -> bool:
-        return (
-            conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ? COLLATE NOCASE", (name,)
-            ).fetchone()
-            is not None
-        )
 
     def _table_name(self, name: str) -> str:
         """The table's name as the file spells it (SQLite names are case-insensitive)."""
@@ -234,61 +308,21 @@ class GeoPackageTables(Tables):
 
     def create(self, spec: TableSpec) -> TableInfo:
         # Types come from GPKG_TYPES and GEOMETRY_TYPES, names were checked by check_name.
-        parts = [_compose("{} INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL", quote_ident(ID_COLUMN))]
-        if spec.geometry:
-            parts.append(_compose("{} {}", quote_ident(GEOMETRY_COLUMN), spec.geometry))
-        for column in spec.columns:
-            null = " NOT NULL" if column.not_null else ""
-            parts.append(_compose("{} {}{}", quote_ident(column.name), GPKG_TYPES[column.type], null))
+        columns = [
+            _compose("{} {}{}", quote_ident(c.name), GPKG_TYPES[c.type], " NOT NULL" if c.not_null else "")
+            for c in spec.columns
+        ]
         with self.transaction() as conn:
-            taken = conn.execute(
-                "SELECT type FROM sqlite_master WHERE name = ? COLLATE NOCASE", (spec.name,)
-            ).fetchone()
-            if taken is not None:
+            if table_exists(conn, spec.name):
                 raise Conflict(f"table {spec.name!r} already exists")
             srs_id = self.srs_id(conn, spec.srid) if spec.geometry else None
-            conn.execute(_compose("CREATE TABLE {} ({})", quote_ident(spec.name), ", ".join(parts)))
-            conn.execute(
-                "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id) "
-                "VALUES (?, ?, ?, '', ?)",
-                (spec.name, "features" if spec.geometry else "attributes", spec.name, srs_id),
-            )
-            if spec.geometry:
-                conn.execute(
-                    "INSERT INTO gpkg_geometry_columns "
-                    "(table_name, column_name, geometry_type_name, srs_id, z, m) VALUES (?, ?, ?, ?, 0, 0)",
-                    (spec.name, GEOMETRY_COLUMN, spec.geometry, srs_id),
-                )
-                for statement in rtree_statements(spec.name, GEOMETRY_COLUMN, ID_COLUMN):
-                    conn.execute(statement)
-                conn.execute(EXTENSIONS_DDL)
-                conn.execute(
-                    "INSERT INTO gpkg_extensions "
-                    "(table_name, column_name, extension_name, definition, scope) VALUES (?, ?, ?, ?, ?)",
-                    (spec.name, GEOMETRY_COLUMN, *RTREE_EXTENSION),
-                )
-            if self._has_table(conn, "gpkg_ogr_contents"):
-                conn.execute(
-                    "INSERT INTO gpkg_ogr_contents (table_name, feature_count) VALUES (?, 0)", (spec.name,)
-                )
-                for statement in count_triggers(spec.name):
-                    conn.execute(statement)
+            create_layer_table(conn, spec.name, columns, spec.geometry, srs_id)
         return self.describe(spec.name)
 
     def drop(self, name: str) -> None:
         info = self.describe(name)
         with self.transaction() as conn:
-            if info.geometry_column:
-                rtree = quote_ident(f"rtree_{info.name}_{info.geometry_column}")
-                conn.execute(_compose("DROP TABLE IF EXISTS {}", rtree))
-            conn.execute(_compose("DROP {} {}", "VIEW" if info.is_view else "TABLE", quote_ident(info.name)))
-            for meta in METADATA_TABLES:
-                if self._has_table(conn, meta):
-                    conn.execute(
-                        _compose("DELETE FROM {} WHERE lower(table_name) = lower(?)", quote_ident(meta)),
-                        (info.name,),
-                    )
-            conn.execute("DELETE FROM gpkg_contents WHERE lower(table_name) = lower(?)", (info.name,))
+            drop_layer_table(conn, info)
         self.gpkg.bump_revision(info.name)
 
     def truncate(self, name: str) -> None:
@@ -301,7 +335,7 @@ class GeoPackageTables(Tables):
                 "min_x = NULL, min_y = NULL, max_x = NULL, max_y = NULL WHERE lower(table_name) = lower(?)",
                 (info.name,),
             )
-            if self._has_table(conn, "gpkg_ogr_contents"):
+            if table_exists(conn, "gpkg_ogr_contents"):
                 conn.execute(
                     "UPDATE gpkg_ogr_contents SET feature_count = 0 WHERE lower(table_name) = lower(?)",
                     (info.name,),

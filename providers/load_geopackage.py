@@ -29,16 +29,9 @@ from pyproj import Transformer
 
 from providers.errors import Conflict, InvalidData, NotFound
 from providers.geopackage import GeoPackage, _compose, quote_ident
-from providers.geopackage_tables import (
-    EXTENSIONS_DDL,
-    METADATA_TABLES,
-    RTREE_EXTENSION,
-    GeoPackageTables,
-    count_triggers,
-    rtree_statements,
-)
+from providers.geopackage_tables import GeoPackageTables, create_layer_table, drop_layer_table, table_exists
 from providers.loader import LoadResult, Mode, Plan, Progress, check_append, promoted, python_values
-from providers.tables import GEOMETRY_COLUMN, ID_COLUMN, TableInfo, check_name
+from providers.tables import GEOMETRY_COLUMN, TableInfo, check_name
 
 #: Column kind -> GeoPackage column type (GeoPackage 1.3, table 1).
 GPKG_TYPES = {
@@ -101,7 +94,7 @@ def load_geopackage(
         else:
             if existing is not None:
                 drop_layer_table(conn, existing)
-            elif _taken(conn, name):
+            elif table_exists(conn, name):
                 raise Conflict(f"table {name!r} already exists")
             srs_id = _create(conn, tables, plan, name)
             table_name, geometry_column, target_srid, multi = name, GEOMETRY_COLUMN, plan.srid, plan.promote
@@ -145,11 +138,6 @@ def _existing(tables: GeoPackageTables, name: str) -> TableInfo | None:
         return None
 
 
-def _taken(conn: sqlite3.Connection, name: str) -> bool:
-    row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
-    return row is not None
-
-
 def _srs_of(conn: sqlite3.Connection, table: str) -> int:
     row = conn.execute(
         "SELECT srs_id FROM gpkg_geometry_columns WHERE table_name = ? COLLATE NOCASE", (table,)
@@ -161,57 +149,13 @@ def _multi_code(geometry_type: str | None) -> int | None:
     return {"MULTIPOINT": 4, "MULTILINESTRING": 5, "MULTIPOLYGON": 6}.get((geometry_type or "").upper())
 
 
-def drop_layer_table(conn: sqlite3.Connection, info: TableInfo) -> None:
-    """The table, its R-tree and every metadata row about it (as GeoPackageTables.drop does)."""
-    if info.geometry_column:
-        conn.execute(
-            _compose("DROP TABLE IF EXISTS {}", quote_ident(f"rtree_{info.name}_{info.geometry_column}"))
-        )
-    conn.execute(_compose("DROP {} {}", "VIEW" if info.is_view else "TABLE", quote_ident(info.name)))
-    for meta in METADATA_TABLES:
-        if _taken(conn, meta):
-            conn.execute(
-                _compose("DELETE FROM {} WHERE lower(table_name) = lower(?)", quote_ident(meta)), (info.name,)
-            )
-    conn.execute("DELETE FROM gpkg_contents WHERE lower(table_name) = lower(?)", (info.name,))
-
-
 def _create(conn: sqlite3.Connection, tables: GeoPackageTables, plan: Plan, name: str) -> int:
     """The feature table with its metadata, R-tree and count triggers; returns its srs_id."""
-    parts = [_compose("{} INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL", quote_ident(ID_COLUMN))]
-    parts.append(_compose("{} {}", quote_ident(GEOMETRY_COLUMN), plan.base_type))
-    parts += [_compose("{} {}", quote_ident(c.name), GPKG_TYPES[c.kind]) for c in plan.columns]
     srs_id = tables.srs_id(conn, plan.srid)
-    conn.execute(_compose("CREATE TABLE {} ({})", quote_ident(name), ", ".join(parts)))
-    conn.execute(
-        "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id) "
-        "VALUES (?, 'features', ?, '', ?)",
-        (name, name, srs_id),
+    columns = [_compose("{} {}", quote_ident(c.name), GPKG_TYPES[c.kind]) for c in plan.columns]
+    create_layer_table(
+        conn, name, columns, plan.base_type, srs_id, z="Z" in plan.dimensions, m="M" in plan.dimensions
     )
-    conn.execute(
-        "INSERT INTO gpkg_geometry_columns (table_name, column_name, geometry_type_name, srs_id, z, m) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            name,
-            GEOMETRY_COLUMN,
-            plan.base_type,
-            srs_id,
-            int("Z" in plan.dimensions),
-            int("M" in plan.dimensions),
-        ),
-    )
-    for statement in rtree_statements(name, GEOMETRY_COLUMN, ID_COLUMN):
-        conn.execute(statement)
-    conn.execute(EXTENSIONS_DDL)
-    conn.execute(
-        "INSERT INTO gpkg_extensions (table_name, column_name, extension_name, definition, scope) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (name, GEOMETRY_COLUMN, *RTREE_EXTENSION),
-    )
-    if _taken(conn, "gpkg_ogr_contents"):
-        conn.execute("INSERT INTO gpkg_ogr_contents (table_name, feature_count) VALUES (?, 0)", (name,))
-        for statement in count_triggers(name):
-            conn.execute(statement)
     return srs_id
 
 
@@ -228,7 +172,7 @@ def _create_indexes(conn: sqlite3.Connection, table: str, columns: tuple[str, ..
             continue
         base = f"{table}_{column}_idx"
         name, n = base, 0
-        while _taken(conn, name):
+        while table_exists(conn, name):
             n += 1
             name = f"{base}{n}"
         conn.execute(

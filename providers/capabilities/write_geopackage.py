@@ -25,55 +25,23 @@ from providers.capabilities.vector import Frame, fit
 from providers.errors import Conflict, InvalidData, NotFound
 from providers.geopackage import GeoPackage, _compose, quote_ident
 from providers.geopackage_tables import (
-    EXTENSIONS_DDL,
-    RTREE_EXTENSION,
     GeoPackageTables,
-    count_triggers,
-    rtree_statements,
-)
-from providers.load_geopackage import (
-    GPKG_TYPES,
-    column_values,
+    add_layer_triggers,
+    create_layer_table,
     drop_layer_table,
-    geometry_blobs,
-    update_contents,
+    table_exists,
 )
+from providers.load_geopackage import GPKG_TYPES, column_values, geometry_blobs, update_contents
 from providers.tables import GEOMETRY_COLUMN, ID_COLUMN, check_name
 
 Progress = Callable[[int, int], None]
 
 
-def _taken(conn: sqlite3.Connection, name: str) -> bool:
-    return (
-        conn.execute("SELECT 1 FROM sqlite_master WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
-        is not None
-    )
-
-
 def _create_table(conn: sqlite3.Connection, tables: GeoPackageTables, name: str, layout: Layout) -> int:
     """The feature table with its metadata and (empty) R-tree, without triggers; returns its srs_id."""
-    parts = [_compose("{} INTEGER PRIMARY KEY NOT NULL", quote_ident(ID_COLUMN))]
-    parts.append(_compose("{} {}", quote_ident(GEOMETRY_COLUMN), layout.geometry_type))
-    parts += [_compose("{} {}", quote_ident(a.name), GPKG_TYPES[a.kind]) for a in layout.attributes]
     srs_id = tables.srs_id(conn, layout.srid)
-    conn.execute(_compose("CREATE TABLE {} ({})", quote_ident(name), ", ".join(parts)))
-    conn.execute(
-        "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id) "
-        "VALUES (?, 'features', ?, '', ?)",
-        (name, name, srs_id),
-    )
-    conn.execute(
-        "INSERT INTO gpkg_geometry_columns (table_name, column_name, geometry_type_name, srs_id, z, m) "
-        "VALUES (?, ?, ?, ?, 0, 0)",
-        (name, GEOMETRY_COLUMN, layout.geometry_type, srs_id),
-    )
-    conn.execute(rtree_statements(name, GEOMETRY_COLUMN, ID_COLUMN)[0])
-    conn.execute(EXTENSIONS_DDL)
-    conn.execute(
-        "INSERT INTO gpkg_extensions (table_name, column_name, extension_name, definition, scope) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (name, GEOMETRY_COLUMN, *RTREE_EXTENSION),
-    )
+    columns = [_compose("{} {}", quote_ident(a.name), GPKG_TYPES[a.kind]) for a in layout.attributes]
+    create_layer_table(conn, name, columns, layout.geometry_type, srs_id, autoincrement=False, triggers=False)
     return srs_id
 
 
@@ -93,16 +61,6 @@ def _fill_rtree(conn: sqlite3.Connection, name: str, boxes: list[tuple[np.ndarra
     )
     columns = [ids[order].tolist(), *(bounds[order, k].tolist() for k in range(4))]
     conn.executemany(statement, zip(*columns, strict=True))
-
-
-def _add_triggers(conn: sqlite3.Connection, name: str, rows: int) -> None:
-    """The R-tree's and GDAL's feature count triggers, once the rows are in."""
-    for statement in rtree_statements(name, GEOMETRY_COLUMN, ID_COLUMN)[1:]:
-        conn.execute(statement)
-    if _taken(conn, "gpkg_ogr_contents"):
-        conn.execute("INSERT INTO gpkg_ogr_contents (table_name, feature_count) VALUES (?, ?)", (name, rows))
-        for statement in count_triggers(name):
-            conn.execute(statement)
 
 
 def _insert(
@@ -169,13 +127,13 @@ def create(
     with tables.transaction() as conn:
         if existing is not None:
             drop_layer_table(conn, existing)
-        elif _taken(conn, name):
+        elif table_exists(conn, name):
             raise Conflict(f"table {name!r} already exists")
         srs_id = _create_table(conn, tables, name, layout)
         boxes: list[tuple[np.ndarray, np.ndarray]] = []
         written = _insert(conn, name, layout, frames, srs_id, extent, progress, boxes)
         _fill_rtree(conn, name, boxes)
-        _add_triggers(conn, name, written)
+        add_layer_triggers(conn, name, written)
         update_contents(conn, name, extent, False)
     gpkg.bump_revision(name)
     return name, written
