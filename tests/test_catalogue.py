@@ -14,29 +14,17 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
-import requests
-from conftest import Server, drop_database, free_port, fresh_database, load_countries
+from catalogue_site import add_user, call, continent_database, ok, site_config
+from conftest import Server, drop_database
 
-TIMEOUT = 60
 MASTER = "catalogue-master-key-0123456789"
 DB = os.environ.get("GEOHARBOR_TEST_DB", "gh_cat_a") + "_srv"
 
 
 @pytest.fixture(scope="module")
 def db_url() -> Iterator[str]:
-    url = fresh_database(DB)
-    load_countries(url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE africa AS SELECT id, name, geom FROM countries WHERE continent = 'Africa'")
-        conn.execute("ALTER TABLE africa ADD PRIMARY KEY (id)")
-        conn.execute(
-            "CREATE TABLE south_america AS "
-            "SELECT id, name, geom FROM countries WHERE continent = 'South America'"
-        )
-        conn.execute("ALTER TABLE south_america ADD PRIMARY KEY (id)")
-    yield url
+    yield continent_database(DB, {"africa": "Africa", "south_america": "South America"})
     drop_database(DB)
 
 
@@ -45,39 +33,16 @@ def api(
     request: pytest.FixtureRequest, db_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict]:
     workdir = tmp_path_factory.mktemp(f"catalogue-{request.param}")
-    store = {"source": "pg"} if request.param == "postgres" else {"path": str(workdir / "state.sqlite")}
-    config = {
-        "server": {"bind": f"127.0.0.1:{free_port()}", "workers": 2, "log_level": "WARNING"},
-        "auth": {"api_key": MASTER},
-        "sources": {"pg": {"type": "postgis", "url": db_url, "pool_max": 4}},
-        "store": store,
-        "collections": {
-            "world": {
-                "source": "pg",
-                "table": "countries",
-                "title": "Countries of the world",
-                "description": "Natural Earth admin 0 boundaries",
-                "keywords": ["boundaries", "admin"],
-            },
-        },
+    world = {
+        "source": "pg",
+        "table": "countries",
+        "title": "Countries of the world",
+        "description": "Natural Earth admin 0 boundaries",
+        "keywords": ["boundaries", "admin"],
     }
-    server = Server(config, workdir)
+    server = Server(site_config(request.param, workdir, db_url, MASTER, {"world": world}), workdir)
     try:
-        admin = {"X-API-Key": MASTER}
-        user = ok(
-            call(server.url, "POST", "/rest/1/users", json={"username": "ada", "admin": True}, headers=admin),
-            201,
-        )
-        key = ok(
-            call(
-                server.url,
-                "POST",
-                "/rest/1/keys",
-                json={"username": "ada", "scopes": ["read", "write", "admin"]},
-                headers=admin,
-            ),
-            201,
-        )["key"]
+        user, key = add_user(server.url, MASTER, "ada", admin=True)
         ada = {"X-API-Key": key}
         layers = {}
         for table, title in (("africa", "African countries"), ("south_america", "South American countries")):
@@ -88,18 +53,10 @@ def api(
                 "collection": table,
             }
             layers[table] = ok(call(server.url, "POST", "/rest/1/layers", json=body, headers=ada), 201)
+        admin = {"X-API-Key": MASTER}
         yield {"url": server.url, "admin": admin, "ada": ada, "user": user, "key": key, "layers": layers}
     finally:
         server.stop()
-
-
-def call(base: str, method: str, path: str, **kwargs: Any) -> requests.Response:
-    return requests.request(method, base + path, timeout=TIMEOUT, allow_redirects=False, **kwargs)
-
-
-def ok(response: requests.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
 
 
 def gn(api: dict, method: str, path: str, status: int = 200, who: str | None = "admin", **kwargs: Any) -> Any:

@@ -21,12 +21,12 @@ import pyogrio.raw
 import pytest
 import requests
 import shapely
-from conftest import Server, drop_database, free_port, fresh_database, load_countries
+from catalogue_site import add_user, call, continent_database, ok, site_config
+from conftest import Server, drop_database
 from PIL import Image, ImageDraw
 
 from server.demo import natural_earth_countries
 
-TIMEOUT = 60
 MASTER = "documents-master-key-0123456789"
 DB = os.environ.get("GEOHARBOR_TEST_DB", "gh_cat_c") + "_docs"
 PDF = Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf")
@@ -35,12 +35,7 @@ LIMIT = 50 << 20  # the default catalogue.document_max_mb
 
 @pytest.fixture(scope="module")
 def db_url() -> Iterator[str]:
-    url = fresh_database(DB)
-    load_countries(url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE africa AS SELECT id, name, geom FROM countries WHERE continent = 'Africa'")
-        conn.execute("ALTER TABLE africa ADD PRIMARY KEY (id)")
-    yield url
+    yield continent_database(DB, {"africa": "Africa"})
     drop_database(DB)
 
 
@@ -49,35 +44,12 @@ def api(
     request: pytest.FixtureRequest, db_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     workdir = tmp_path_factory.mktemp(f"documents-{request.param}")
-    store = {"source": "pg"} if request.param == "postgres" else {"path": str(workdir / "state.sqlite")}
-    config = {
-        "server": {"bind": f"127.0.0.1:{free_port()}", "workers": 2, "log_level": "WARNING"},
-        "auth": {"api_key": MASTER},
-        "sources": {"pg": {"type": "postgis", "url": db_url, "pool_max": 4}},
-        "store": store,
-        "collections": {},
-    }
-    server = Server(config, workdir)
+    server = Server(site_config(request.param, workdir, db_url, MASTER, {}), workdir)
     try:
-        admin = {"X-API-Key": MASTER}
-        people: dict[str, Any] = {"admin": admin}
+        people: dict[str, Any] = {"admin": {"X-API-Key": MASTER}}
         for name in ("ada", "bob"):
             # ada is an admin (she publishes a table as a layer of hers); bob is not.
-            who = {"username": name, "admin": name == "ada"}
-            user = ok(call(server.url, "POST", "/rest/1/users", json=who, headers=admin), 201)
-            key = ok(
-                call(
-                    server.url,
-                    "POST",
-                    "/rest/1/keys",
-                    json={
-                        "username": name,
-                        "scopes": ["read", "write", "admin"] if name == "ada" else ["read", "write"],
-                    },
-                    headers=admin,
-                ),
-                201,
-            )["key"]
+            user, key = add_user(server.url, MASTER, name, admin=name == "ada")
             people[name] = {"X-API-Key": key}
             people[f"{name}_id"] = user["id"]
         body = {"name": "africa", "title": "African countries", "source": {"type": "pg", "src": "africa"}}
@@ -85,15 +57,6 @@ def api(
         yield {"url": server.url, "store": request.param, "db": db_url, "africa": layer["id"], **people}
     finally:
         server.stop()
-
-
-def call(base: str, method: str, path: str, **kwargs: Any) -> requests.Response:
-    return requests.request(method, base + path, timeout=TIMEOUT, allow_redirects=False, **kwargs)
-
-
-def ok(response: requests.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else None
 
 
 def gn(api: dict, method: str, path: str, status: int = 200, who: str | None = "ada", **kwargs: Any) -> Any:

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
 import pytest
 import requests
-from conftest import Server, drop_database, free_port, fresh_database, load_countries
+from catalogue_site import TIMEOUT, add_user, call, continent_database, ok, site_config
+from conftest import Server, drop_database
 
-TIMEOUT = 60
 MASTER = "geonodectl-master-key-0123456789"
 DB = os.environ.get("GEOHARBOR_TEST_DB", "gh_cat_d") + "_ctl"
 PDF = Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")
@@ -38,16 +37,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def db_url() -> Iterator[str]:
-    url = fresh_database(DB)
-    load_countries(url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        for table, continent in (("africa", "Africa"), ("asia", "Asia"), ("europe", "Europe")):
-            conn.execute(
-                f"CREATE TABLE {table} AS SELECT id, name, geom FROM countries WHERE continent = %s",  # noqa: S608
-                (continent,),
-            )
-            conn.execute(f"ALTER TABLE {table} ADD PRIMARY KEY (id)")
-    yield url
+    yield continent_database(DB, {"africa": "Africa", "asia": "Asia", "europe": "Europe"})
     drop_database(DB)
 
 
@@ -56,47 +46,19 @@ def site(
     request: pytest.FixtureRequest, db_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     workdir = tmp_path_factory.mktemp(f"geonodectl-{request.param}")
-    store = {"source": "pg"} if request.param == "postgres" else {"path": str(workdir / "state.sqlite")}
-    config = {
-        "server": {"bind": f"127.0.0.1:{free_port()}", "workers": 2, "log_level": "WARNING"},
-        "auth": {"api_key": MASTER},
-        "sources": {"pg": {"type": "postgis", "url": db_url, "pool_max": 4}},
-        "store": store,
-        "collections": {
-            "world": {
-                "source": "pg",
-                "table": "countries",
-                "title": "Countries of the world",
-                "description": "Natural Earth admin 0 boundaries",
-                "keywords": ["boundaries"],
-            }
-        },
+    world = {
+        "source": "pg",
+        "table": "countries",
+        "title": "Countries of the world",
+        "description": "Natural Earth admin 0 boundaries",
+        "keywords": ["boundaries"],
     }
-    server = Server(config, workdir)
+    server = Server(site_config(request.param, workdir, db_url, MASTER, {"world": world}), workdir)
     try:
-        admin = {"X-API-Key": MASTER}
         users = {}
         keys = {}
         for name, is_admin in (("ada", True), ("bob", False)):
-            users[name] = ok(
-                requests.post(
-                    f"{server.url}/rest/1/users",
-                    json={"username": name, "admin": is_admin},
-                    headers=admin,
-                    timeout=TIMEOUT,
-                ),
-                201,
-            )
-            scopes = ["read", "write", "admin"] if is_admin else ["read", "write"]
-            keys[name] = ok(
-                requests.post(
-                    f"{server.url}/rest/1/keys",
-                    json={"username": name, "scopes": scopes},
-                    headers=admin,
-                    timeout=TIMEOUT,
-                ),
-                201,
-            )["key"]
+            users[name], keys[name] = add_user(server.url, MASTER, name, is_admin)
         layers = {}
         for table, title in (
             ("africa", "African countries"),
@@ -104,15 +66,10 @@ def site(
             ("europe", "Europe"),
         ):
             body = {"name": table, "title": title, "source": {"type": "pg", "src": table}}
-            layers[table] = ok(
-                requests.post(
-                    f"{server.url}/rest/1/layers",
-                    json=body,
-                    headers={"X-API-Key": keys["ada"]},
-                    timeout=TIMEOUT,
-                ),
-                201,
-            )["id"]
+            headers = {"X-API-Key": keys["ada"]}
+            layers[table] = ok(call(server.url, "POST", "/rest/1/layers", json=body, headers=headers), 201)[
+                "id"
+            ]
         yield {
             "url": server.url,
             "keys": keys,
@@ -123,11 +80,6 @@ def site(
         }
     finally:
         server.stop()
-
-
-def ok(response: requests.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
 
 
 def ctl(site: dict, *args: str, who: str = "ada", expect: int = 0) -> str:
