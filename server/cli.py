@@ -76,7 +76,7 @@ def serve(args: argparse.Namespace) -> int:
         "graceful_timeout": 30,
         "accesslog": "-" if args.access_log else None,
         "worker_class": "gthread",
-        "post_worker_init": _end_streams_on_sigterm,
+        "post_worker_init": _post_worker_init,
         "child_exit": _forget_worker,
         # One shared control socket path would make several servers on a host collide.
         "control_socket_disable": True,
@@ -129,6 +129,21 @@ def _metrics_dir() -> str | None:
     made = tempfile.mkdtemp(prefix="geoharbor-metrics-")
     os.environ[METRICS_DIR_ENV] = made
     return made
+
+
+def _post_worker_init(worker: Any) -> None:
+    """gunicorn ``post_worker_init``: streams end on SIGTERM, and a worker that crashes says where."""
+    _end_streams_on_sigterm(worker)
+    _dump_tracebacks_on_crash()
+
+
+def _dump_tracebacks_on_crash() -> None:
+    """A worker killed by a fault (SIGSEGV in a C extension, SIGABRT when gunicorn's timeout
+    kills a stuck worker) writes every thread's Python traceback to the server log first:
+    otherwise the log says only that a worker died and its request's connection was reset."""
+    import faulthandler
+
+    faulthandler.enable(all_threads=True)
 
 
 def _end_streams_on_sigterm(worker: Any) -> None:
