@@ -83,9 +83,16 @@ ASSIGNABLE = {
 
 
 @dataclass(frozen=True, slots=True)
-class _Target:
+class Target:
+    """A table of a PostGIS database: ``name`` or ``schema.name`` (default schema ``public``)."""
+
     schema: str
     name: str
+
+    @classmethod
+    def parse(cls, table: str) -> Target:
+        schema, _, bare = str(table).rpartition(".")
+        return cls(check_name(schema or "public", "schema"), check_name(bare))
 
     @property
     def ident(self) -> sql.Identifier:
@@ -93,7 +100,8 @@ class _Target:
 
     @property
     def key(self) -> str:
-        """The table's row in ``geoharbor.revisions`` (as :class:`PostGISProvider` names it)."""
+        """``schema.table``: the LoadResult's name and the table's row in ``geoharbor.revisions``
+        (as :class:`PostGISProvider` names it)."""
         return f"{self.schema}.{self.name}"
 
 
@@ -101,8 +109,7 @@ def load_postgis(
     plan: Plan, db: PostGISDatabase, table: str, mode: Mode, progress: Progress | None, batch: int
 ) -> LoadResult:
     """Load ``plan`` into ``table`` (``name`` or ``schema.name``) of ``db``; see the module doc."""
-    schema, _, bare = table.rpartition(".")
-    target = _Target(check_name(schema or "public", "schema"), check_name(bare))
+    target = Target.parse(table)
     tables = PostGISTables(db, "", target.schema)
     existing = _existing(tables, target.name)
     if mode is Mode.CREATE and existing is not None:
@@ -124,7 +131,7 @@ def load_postgis(
         known = conn.execute("SELECT 1 FROM spatial_ref_sys WHERE srid = %s", (plan.srid,)).fetchone()
         if known is None:
             raise InvalidData(f"EPSG:{plan.srid} is not a CRS this database knows")
-        staging = _Target(target.schema, STAGING_PREFIX + secrets.token_hex(6))
+        staging = Target(target.schema, STAGING_PREFIX + secrets.token_hex(6))
         conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_SPACE, staging.name))
         try:
             _create_staging(conn, plan, staging, unlogged=mode is Mode.APPEND)
@@ -198,7 +205,7 @@ def _existing(tables: PostGISTables, name: str) -> TableInfo | None:
         return None
 
 
-def _create_staging(conn: psycopg.Connection, plan: Plan, staging: _Target, unlogged: bool) -> None:
+def _create_staging(conn: psycopg.Connection, plan: Plan, staging: Target, unlogged: bool) -> None:
     """The staging table, committed: key (filled by its identity), attributes, typed geometry.
 
     UNLOGGED only when its rows are copied out (APPEND): a table renamed into place
@@ -221,7 +228,7 @@ def _create_staging(conn: psycopg.Connection, plan: Plan, staging: _Target, unlo
 
 
 def _copy(
-    conn: psycopg.Connection, plan: Plan, staging: _Target, progress: Progress | None, batch: int
+    conn: psycopg.Connection, plan: Plan, staging: Target, progress: Progress | None, batch: int
 ) -> int:
     """Stream the file's batches through one binary COPY; returns the rows written."""
     names = [sql.Identifier(c.name) for c in plan.columns] + [sql.Identifier(GEOMETRY_COLUMN)]
@@ -241,7 +248,7 @@ def _copy(
     return written
 
 
-def _index(conn: psycopg.Connection, staging: _Target, columns: tuple[str, ...]) -> None:
+def _index(conn: psycopg.Connection, staging: Target, columns: tuple[str, ...]) -> None:
     """Key, spatial index, the asked-for column indexes and statistics, built once over all rows
     (cheaper than per row)."""
     conn.execute(
@@ -263,7 +270,7 @@ def _index(conn: psycopg.Connection, staging: _Target, columns: tuple[str, ...])
     conn.execute(sql.SQL("ANALYZE {}").format(staging.ident))
 
 
-def _staging_index(staging: _Target, n: int) -> str:
+def _staging_index(staging: Target, n: int) -> str:
     return f"{staging.name}_c{n}_idx"
 
 
@@ -282,7 +289,7 @@ def _index_name(conn: psycopg.Connection, schema: str, table: str, column: str) 
     raise Conflict(f"no free name for an index on {table}.{column}")
 
 
-def _ensure_indexes(conn: psycopg.Connection, target: _Target, columns: tuple[str, ...]) -> None:
+def _ensure_indexes(conn: psycopg.Connection, target: Target, columns: tuple[str, ...]) -> None:
     """An index on each of ``columns`` of the existing ``target``, unless it has one on that column alone."""
     for column in columns:
         indexed = conn.execute(
@@ -303,7 +310,7 @@ def _ensure_indexes(conn: psycopg.Connection, target: _Target, columns: tuple[st
 
 
 def _swap(
-    conn: psycopg.Connection, plan: Plan, staging: _Target, target: _Target, existing: TableInfo | None
+    conn: psycopg.Connection, plan: Plan, staging: Target, target: Target, existing: TableInfo | None
 ) -> None:
     """Put the staging table in place of ``target`` (inside the caller's transaction)."""
     if existing is not None:
@@ -348,7 +355,7 @@ def _swap(
 
 
 def _insert(
-    conn: psycopg.Connection, plan: Plan, staging: _Target, target: _Target, existing: TableInfo
+    conn: psycopg.Connection, plan: Plan, staging: Target, target: Target, existing: TableInfo
 ) -> None:
     """INSERT the staging rows into ``target``: geometries in its CRS and (multi) type."""
     geometry: sql.Composable = sql.Identifier(GEOMETRY_COLUMN)

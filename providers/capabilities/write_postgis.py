@@ -18,7 +18,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -31,33 +30,11 @@ from providers.capabilities.model import Layout
 from providers.capabilities.sql import pg_type
 from providers.capabilities.vector import Frame, fit
 from providers.errors import Conflict, InvalidData, NotFound, ProviderError, Unavailable
-from providers.load_postgis import pg_error
+from providers.load_postgis import Target, pg_error
 from providers.postgis import PostGISDatabase
-from providers.tables import GEOMETRY_COLUMN, ID_COLUMN, check_name
+from providers.tables import GEOMETRY_COLUMN, ID_COLUMN
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A table of a PostGIS database: ``name`` or ``schema.name`` (default schema ``public``)."""
-
-    schema: str
-    name: str
-
-    @classmethod
-    def parse(cls, table: str) -> Target:
-        schema, _, bare = str(table).rpartition(".")
-        return cls(check_name(schema or "public", "schema"), check_name(bare))
-
-    @property
-    def ident(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
-
-    @property
-    def key(self) -> str:
-        """``schema.table``: the LoadResult's name and the row in ``geoharbor.revisions``."""
-        return f"{self.schema}.{self.name}"
 
 
 def _columns(layout: Layout) -> list[sql.Identifier]:
