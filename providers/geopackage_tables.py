@@ -1,4 +1,5 @@
-"""The user tables of a GeoPackage file, for the REST tables API.
+"""The user tables of a GeoPackage file: the REST tables API, and the one way the loader
+and the capabilities writer create and drop a layer table too.
 
 A table created here is what GDAL itself would write, so that QGIS, ``ogrinfo`` and
 geoharbor's own provider all read it as a proper layer: a row in ``gpkg_contents``
