@@ -47,6 +47,7 @@ from server import (
     rule_jobs,
     rule_runs,
     rules,
+    schedules,
     sql_console,
     streams,
     tile_fast_path,
@@ -186,9 +187,9 @@ def _install_platform(app: Flask, state: State) -> None:
 
         @app.before_request
         def run_schedules() -> None:
-            """Embedded mode: fire SCHEDULE triggers from each serving process (started by its
-            first request, so commands that only build the app never fire them)."""
+            """Embedded mode: scheduled work (triggers, harvests) starts from each serving
+            process (its first request, so commands that only build the app never start it)."""
             if not scheduler:
                 with starting:
                     if not scheduler:
-                        scheduler.append(rule_runs.start_embedded_schedules(state.registry, state.jobs))
+                        scheduler.append(schedules.start_embedded(state.registry, state.jobs))

@@ -19,6 +19,11 @@ GeoNode's client does, or ``POST .../harvest``) starts a *harvesting session*
   store's table source, then published (:func:`server.publish.publish_loaded`); a
   second harvest replaces that table's rows.
 
+With ``scheduling_enabled`` a harvester also harvests on its own, as GeoNode's scheduler
+does: a session starts ``harvesting_session_update_frequency`` minutes (default 60) after
+the last one started, at once when there was none, and never beside a running one
+(:func:`fire_harvests`, run by :mod:`server.schedules`).
+
 The session's status follows GeoNode (``pending``, ``on-going``, ``finished-all-ok``,
 ``finished-some-failed``, ``finished-all-failed``); an execution request follows its
 job too, so ``/api/v2/executionrequest/{id}`` can be polled as for an upload. Only
@@ -27,6 +32,7 @@ admins manage harvesters: a harvester makes this server call the URL it names.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import time
@@ -40,7 +46,7 @@ from providers.errors import Conflict, InvalidData, InvalidQuery, NotFound, Prov
 from providers.store import Record, Store
 from providers.tables import tables_of
 from providers.wfs_http import check_url
-from server import bodies, datasets, errors, owned
+from server import bodies, datasets, errors, owned, schedules
 from server.auth import current_identity, require_admin
 from server.geonode_executions import Executions, iso
 from server.jobs import JobContext, task
@@ -48,6 +54,8 @@ from server.links import base_url
 from server.publish import publish_loaded
 from server.registry import COLLECTION_ID
 from server.responses import json_response
+
+LOGGER = logging.getLogger(__name__)
 
 blueprint = Blueprint("geonode_harvest", __name__)
 
@@ -60,7 +68,17 @@ ALL_OK, SOME_FAILED, ALL_FAILED = "finished-all-ok", "finished-some-failed", "fi
 FINAL = frozenset({ALL_OK, SOME_FAILED, ALL_FAILED})
 #: The most features one copied collection may bring.
 MAX_FEATURES = 1_000_000
-EDITABLE = ("name", "remote_url", "harvester_type", "harvester_type_specific_configuration", "default_owner")
+EDITABLE = (
+    "name",
+    "remote_url",
+    "harvester_type",
+    "harvester_type_specific_configuration",
+    "default_owner",
+    "scheduling_enabled",
+    "harvesting_session_update_frequency",
+)
+#: GeoNode's default minutes between two scheduled sessions, and our largest (a year).
+FREQUENCY_DEFAULT, FREQUENCY_MAX = 60, 525_600
 
 
 def install(app: Flask) -> None:
@@ -123,7 +141,8 @@ def harvester_view(record: Record) -> dict[str, Any]:
         "harvester_type": body["harvester_type"],
         "harvester_type_specific_configuration": body.get("harvester_type_specific_configuration") or {},
         "default_owner": body.get("default_owner"),
-        "scheduling_enabled": False,
+        "scheduling_enabled": bool(body.get("scheduling_enabled")),
+        "harvesting_session_update_frequency": _frequency(body),
         "remote_available": body.get("remote_available"),
         "last_checked_availability": iso(body.get("last_checked")),
         "last_updated": iso(record.modified),
@@ -133,6 +152,11 @@ def harvester_view(record: Record) -> dict[str, Any]:
             "self": f"{base}{PREFIX}/harvesters/{record.id}",
         },
     }
+
+
+def _frequency(body: dict[str, Any]) -> Any:
+    """Minutes between two scheduled sessions of a harvester (its body)."""
+    return body.get("harvesting_session_update_frequency", FREQUENCY_DEFAULT)
 
 
 def session_view(record: Record) -> dict[str, Any]:
@@ -177,7 +201,7 @@ def _page(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
 # -- harvesters ---------------------------------------------------------------------------------------
 def _checked(spec: dict[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
     """A harvester body from a client's fields (all of them to create, some to change)."""
-    unknown = set(spec) - {*EDITABLE, "id", "status", "scheduling_enabled", "links"}
+    unknown = set(spec) - {*EDITABLE, "id", "status", "links"}
     if unknown:
         raise InvalidData(f"a harvester has no field {', '.join(sorted(unknown))[:200]}")
     body = dict(current or {"resources": [], "remote_available": None, "last_checked": None})
@@ -194,6 +218,13 @@ def _checked(spec: dict[str, Any], current: dict[str, Any] | None = None) -> dic
     if not isinstance(config, dict):
         raise InvalidData("harvester_type_specific_configuration must be an object")
     body["harvester_type_specific_configuration"] = config
+    if not isinstance(body.get("scheduling_enabled", False), bool):
+        raise InvalidData("scheduling_enabled must be true or false")
+    frequency = _frequency(body)
+    if isinstance(frequency, bool) or not isinstance(frequency, int) or not 1 <= frequency <= FREQUENCY_MAX:
+        raise InvalidData(
+            f"harvesting_session_update_frequency must be whole minutes from 1 to {FREQUENCY_MAX}"
+        )
     if current is not None and (
         current.get("remote_url") != body["remote_url"] or current.get("harvester_type") != kind
     ):
@@ -242,7 +273,7 @@ def update_harvester(hid: int) -> Response:
     if wanted == UPDATING:
         record = refresh_resources(_store(), record)
     elif wanted == HARVESTING:
-        start_session(record)
+        _start_for_caller(record)
     elif wanted not in (None, READY):
         raise InvalidData(f"status can be set to {UPDATING} or {HARVESTING}")
     return json_response({"harvester": harvester_view(_harvester(hid))})
@@ -341,15 +372,14 @@ def choose_resources(hid: int) -> Response:
 
 
 # -- sessions ----------------------------------------------------------------------------------------
-def start_session(record: Record) -> Record:
-    """A harvesting session of the chosen resources, run by a ``harvest`` job."""
-    if any(s.body["status"] not in FINAL for s in _sessions(_store(), record.id)):
+def start_session(record: Record, registry: Any, jobs: Any, owner: int | None) -> Record:
+    """A harvesting session of the chosen resources, run by a ``harvest`` job of ``owner``'s."""
+    store: Store = registry.store
+    if any(s.body["status"] not in FINAL for s in _sessions(store, record.id)):
         raise Conflict(f"harvester {record.id} is already harvesting")
     chosen = [r for r in record.body.get("resources") or [] if r.get("should_be_harvested")]
     if not chosen:
         raise InvalidData("no harvestable resource is chosen: PATCH harvestable-resources first")
-    state = _state()
-    store = _store()
     session = store.insert(
         SESSION_KIND,
         {
@@ -364,11 +394,11 @@ def start_session(record: Record) -> Record:
             "message": None,
         },
     )
-    executions = Executions(state.registry, state.jobs)
+    executions = Executions(registry, jobs)
     execution = executions.create(
         "harvest",
         record.body["name"],
-        owned.owner(),
+        owner,
         {"harvester": record.id, "session": session.id},
         source="harvester",
     )
@@ -381,9 +411,7 @@ def start_session(record: Record) -> Record:
         executions.attach(execution, job_id=job_id)
 
     try:
-        state.jobs.defer(
-            "harvest", {"harvester_id": record.id, "session_id": session.id}, owned.owner(), before=remember
-        )
+        jobs.defer("harvest", {"harvester_id": record.id, "session_id": session.id}, owner, before=remember)
     except ProviderError as exc:  # the queue is down: end the session rather than leave it pending
         current = store.get(SESSION_KIND, session.id)
         store.update(
@@ -396,11 +424,51 @@ def start_session(record: Record) -> Record:
     return store.get(SESSION_KIND, session.id)
 
 
+def _start_for_caller(record: Record) -> Record:
+    """A session the calling admin asked for (a PATCH of the status, or POST .../harvest)."""
+    state = _state()
+    return start_session(record, state.registry, state.jobs, owned.owner())
+
+
+def fire_harvests(registry: Any, jobs: Any, now: float) -> list[int]:
+    """Start a session of each scheduled harvester whose time has come; the sessions' ids.
+
+    GeoNode's rule: the next session starts ``harvesting_session_update_frequency``
+    minutes after the last one started, at once when there was none; none starts
+    beside a running one, nor for a harvester with nothing chosen. The due time is
+    claimed by the last start, so two processes seeing it due start one session.
+    """
+    store: Store = registry.store
+    started = []
+    for record in store.list(KIND):
+        body = record.body
+        if not body.get("scheduling_enabled"):
+            continue
+        if not any(r.get("should_be_harvested") for r in body.get("resources") or []):
+            continue
+        sessions = _sessions(store, record.id)
+        if any(s.body["status"] not in FINAL for s in sessions):
+            continue
+        last = max((s.body.get("started") or s.created for s in sessions), default=None)
+        if last is not None and last + 60 * _frequency(body) > now:
+            continue
+        slot = f"harvester {record.id} after {'none' if last is None else f'{last:.3f}'}"
+        if schedules.claim(store, slot, {"harvester": record.id, "due": now}) is None:
+            continue  # another process started this one
+        try:
+            session = start_session(record, registry, jobs, body.get("default_owner"))
+        except (Conflict, ProviderError) as exc:
+            LOGGER.warning("scheduled harvest of harvester %s not started: %s", record.id, exc)
+            continue
+        started.append(session.id)
+    return started
+
+
 @blueprint.route("/harvesters/<int:hid>/harvest", methods=["POST"])
 def harvest(hid: int) -> Response:
     """Start a session at once (GeoNode's client PATCHes the harvester's status instead)."""
     _admin()
-    session = start_session(_harvester(hid))
+    session = _start_for_caller(_harvester(hid))
     return json_response({"harvesting_session": session_view(session)}, 201)
 
 

@@ -449,11 +449,11 @@ def _cleanup_staging(context: procrastinate.JobContext, timestamp: int) -> None:
 
 
 def _fire_schedules(context: procrastinate.JobContext, timestamp: int) -> None:
-    """Start the runs of SCHEDULE triggers whose time has come (one periodic task for all hosts)."""
-    from server.rule_runs import fire_schedules
+    """Start the scheduled work whose time has come (one periodic task for all hosts)."""
+    from server.schedules import fire_due
 
     runtime: Jobs = context.additional_context["jobs"]
-    fire_schedules(runtime.registry, runtime, float(timestamp))
+    fire_due(runtime.registry, runtime, float(timestamp))
 
 
 def apply_schema(url: str, prepare_threshold: int | None = 5) -> bool:

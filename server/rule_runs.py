@@ -19,7 +19,6 @@ loop.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,8 +31,9 @@ from croniter import croniter
 
 from providers import capabilities, loader
 from providers.base import FeatureProvider
-from providers.errors import Conflict, InvalidData, NotFound
+from providers.errors import InvalidData, NotFound
 from providers.tables import tables_of
+from server import schedules
 from server.jobs import JobContext, Jobs, task
 from server.publish import publish_loaded, published_layer
 
@@ -222,19 +222,11 @@ def fire(registry: Any, queue: Jobs, collection: str, ids: list[Any] | None, dep
     return started
 
 
-#: Store records claiming one cron time of one SCHEDULE trigger (key ``<trigger id>@<time>``).
-SCHEDULE_CLAIM = "schedule_claim"
-#: How often the embedded mode's scheduler looks for cron times that have come.
-SCHEDULE_EVERY_S = 15.0
-
-
 def fire_schedules(registry: Any, queue: Jobs, now: float) -> list[str]:
     """Start the runs of the enabled SCHEDULE triggers whose cron time has come since they
     last fired (or were made); returns the job ids.
 
-    With a PostgreSQL store procrastinate runs this once per period for all workers and
-    hosts; in embedded mode every server process runs it (:func:`start_embedded_schedules`).
-    Either way a cron time is claimed first, by a store record whose key is unique, so two
+    Run by :func:`server.schedules.fire_due`; a cron time is claimed first, so two
     processes that see the same time due start one run, not two.
     """
     started = []
@@ -247,11 +239,8 @@ def fire_schedules(registry: Any, queue: Jobs, now: float) -> list[str]:
         due = croniter(body["schedule"], since).get_next(float)
         if due > now:
             continue
-        try:
-            claim = store.insert(
-                SCHEDULE_CLAIM, {"trigger": record.key, "due": due}, key=f"{record.id}@{due:.0f}"
-            )
-        except Conflict:
+        claimed = schedules.claim(store, f"{record.id}@{due:.0f}", {"trigger": record.key, "due": due})
+        if claimed is None:
             continue  # another process fired this time
         previous = body.get("last_claim")
         args = {
@@ -271,36 +260,18 @@ def fire_schedules(registry: Any, queue: Jobs, now: float) -> list[str]:
                 "fired": body.get("fired", 0) + 1,
                 "last_fired_at": now,
                 "last_job": job_id,
-                "last_claim": claim.id,
+                "last_claim": claimed.id,
             },
             key=record.key,
         )
         if previous is not None:
             with suppress(NotFound):  # the claim before this one can no longer be contested
-                store.delete(SCHEDULE_CLAIM, previous)
+                store.delete(schedules.SCHEDULE_CLAIM, previous)
         evaluation(
             registry, record.key, body["collection"], "fired", f"schedule {body['schedule']}: job {job_id}"
         )
         started.append(job_id)
     return started
-
-
-def start_embedded_schedules(registry: Any, queue: Jobs) -> threading.Thread:
-    """Embedded mode has no procrastinate: a daemon thread of this process fires the
-    SCHEDULE triggers every :data:`SCHEDULE_EVERY_S` seconds (claims keep the server's
-    processes from firing a time twice)."""
-
-    def loop() -> None:
-        while True:
-            time.sleep(SCHEDULE_EVERY_S)
-            try:
-                fire_schedules(registry, queue, time.time())
-            except Exception:  # noqa: BLE001 - a bad round must not stop the schedules
-                LOGGER.exception("firing scheduled triggers failed")
-
-    thread = threading.Thread(target=loop, name="schedules", daemon=True)
-    thread.start()
-    return thread
 
 
 def evaluation(registry: Any, trigger: str, collection: str, outcome: str, detail: str) -> None:

@@ -22,6 +22,8 @@ from conftest import Server, _libpq, free_port
 from sample_files import sample_files
 from wfs_server import MapServerWFS
 
+from server.schedules import SCHEDULE_EVERY_S
+
 KEY = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 AUTH = {"API-Key": KEY}
 TIMEOUT = 60
@@ -224,6 +226,40 @@ def test_harvesters_refuse_what_they_cannot_do(api, remote):
     assert ok(call(api, "GET", f"/api/v2/harvesters/{down}"))["harvester"]["remote_available"] is False
     assert call(api, "DELETE", f"/api/v2/harvesters/{down}").status_code == 204
     assert call(api, "GET", f"/api/v2/harvesters/{down}").status_code == 404
+
+
+def sessions_of(api: str, hid: int) -> list[dict[str, Any]]:
+    page = ok(call(api, "GET", "/api/v2/harvesting-sessions", params={"page_size": 100}))
+    return [s for s in page["harvesting_sessions"] if s["harvester"] == hid]
+
+
+def test_a_scheduled_harvester_harvests_on_its_own(api, remote):
+    hid = create(api, "scheduled", remote, "ogcapi-features")
+    assert ok(call(api, "GET", f"/api/v2/harvesters/{hid}"))["harvester"]["scheduling_enabled"] is False
+    offered(api, hid)
+    choice = [{"unique_identifier": "countries", "should_be_harvested": True}]
+    ok(call(api, "PATCH", f"/api/v2/harvesters/{hid}/harvestable-resources", json=choice))
+    for bad in ({"harvesting_session_update_frequency": 0}, {"scheduling_enabled": "yes"}):
+        refused = call(api, "PATCH", f"/api/v2/harvesters/{hid}", json=bad)
+        assert refused.status_code == 422 and "detail" in refused.json(), bad
+    assert sessions_of(api, hid) == []
+    on = {"scheduling_enabled": True, "harvesting_session_update_frequency": 60}
+    harvester = ok(call(api, "PATCH", f"/api/v2/harvesters/{hid}", json=on))["harvester"]
+    assert harvester["scheduling_enabled"] is True
+    assert harvester["harvesting_session_update_frequency"] == 60
+    # Nobody asks for a session: one starts at the schedulers' next round (never having
+    # harvested, it is due at once) and copies the chosen collection.
+    deadline = time.monotonic() + 120
+    while not (sessions := sessions_of(api, hid)) or sessions[0]["status"] in ("pending", "on-going"):
+        assert time.monotonic() < deadline, sessions
+        time.sleep(0.5)
+    (session,) = sessions
+    assert session["status"] == "finished-all-ok", session
+    assert matched(api, session["results"][0]["alternate"]) == COUNTRIES
+    # Both workers' schedulers have looked again since: the next session is an hour away.
+    time.sleep(SCHEDULE_EVERY_S + 2)
+    assert [s["id"] for s in sessions_of(api, hid)] == [session["id"]]
+    assert call(api, "DELETE", f"/api/v2/harvesters/{hid}").status_code == 204
 
 
 # -- management commands -------------------------------------------------------------------------------
