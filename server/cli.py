@@ -100,12 +100,17 @@ def serve(args: argparse.Namespace) -> int:
 
     print(f"geoharbor: serving {path} on http://{options['bind']}", file=sys.stderr)
     workers = _start_job_workers(config, os.environ["GEOHARBOR_CONFIG"])
+    master = os.getpid()
     try:
         Server().run()
     finally:
-        _stop(workers)
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        # gunicorn's workers are forks of this process and leave by SystemExit through this
+        # very frame: only the master may stop the job workers and remove the metrics
+        # directory, or one worker's restart would take them from the whole server.
+        if os.getpid() == master:
+            _stop(workers)
+            if metrics_dir is not None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
