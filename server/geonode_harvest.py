@@ -36,6 +36,7 @@ import logging
 import re
 import shutil
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -284,9 +285,11 @@ def delete_harvester(hid: int) -> Response:
     """Forget a harvester (what it harvested stays published)."""
     _admin()
     record = _harvester(hid)
-    if any(s.body["status"] not in FINAL for s in _sessions(_store(), hid)):
+    sessions = _sessions(_store(), hid)
+    if any(s.body["status"] not in FINAL for s in sessions):
         raise Conflict(f"harvester {hid} is harvesting: delete it once its session has ended")
     _store().delete(KIND, record.id)
+    _forget_claims(_store(), sessions)
     return Response(status=204)
 
 
@@ -372,8 +375,11 @@ def choose_resources(hid: int) -> Response:
 
 
 # -- sessions ----------------------------------------------------------------------------------------
-def start_session(record: Record, registry: Any, jobs: Any, owner: int | None) -> Record:
-    """A harvesting session of the chosen resources, run by a ``harvest`` job of ``owner``'s."""
+def start_session(
+    record: Record, registry: Any, jobs: Any, owner: int | None, claim: int | None = None
+) -> Record:
+    """A harvesting session of the chosen resources, run by a ``harvest`` job of ``owner``'s
+    (``claim``: the schedule claim that started it, kept to be removed with it)."""
     store: Store = registry.store
     if any(s.body["status"] not in FINAL for s in _sessions(store, record.id)):
         raise Conflict(f"harvester {record.id} is already harvesting")
@@ -392,6 +398,7 @@ def start_session(record: Record, registry: Any, jobs: Any, owner: int | None) -
             "job_id": None,
             "execution_id": None,
             "message": None,
+            "claim": claim,
         },
     )
     executions = Executions(registry, jobs)
@@ -453,15 +460,25 @@ def fire_harvests(registry: Any, jobs: Any, now: float) -> list[int]:
         if last is not None and last + 60 * _frequency(body) > now:
             continue
         slot = f"harvester {record.id} after {'none' if last is None else f'{last:.3f}'}"
-        if schedules.claim(store, slot, {"harvester": record.id, "due": now}) is None:
+        claimed = schedules.claim(store, slot, {"harvester": record.id, "due": now})
+        if claimed is None:
             continue  # another process started this one
         try:
-            session = start_session(record, registry, jobs, body.get("default_owner"))
+            session = start_session(record, registry, jobs, body.get("default_owner"), claimed.id)
         except (Conflict, ProviderError) as exc:
             LOGGER.warning("scheduled harvest of harvester %s not started: %s", record.id, exc)
             continue
+        _forget_claims(store, sessions)  # their slots are past: nobody can contest them now
         started.append(session.id)
     return started
+
+
+def _forget_claims(store: Store, sessions: list[Record]) -> None:
+    """Remove the schedule claims that started ``sessions``."""
+    for session in sessions:
+        if session.body.get("claim") is not None:
+            with suppress(NotFound):
+                store.delete(schedules.SCHEDULE_CLAIM, session.body["claim"])
 
 
 @blueprint.route("/harvesters/<int:hid>/harvest", methods=["POST"])
