@@ -649,6 +649,7 @@ def test_a_new_geopackage_layer_is_indexed_and_counted_like_a_loaded_one(engines
     assert any("rtree_" in line for line in layer.explain(Query(bbox=box)))
     assert sorted(orjson_id(f) for f in layer.query(Query(bbox=box, limit=1000)).features) == expected
     conn = package.connection()
+    assert conn.execute(f"SELECT rtreecheck('rtree_{table}_geom')").fetchone() == ("ok",)
     assert conn.execute(
         "SELECT feature_count FROM gpkg_ogr_contents WHERE table_name = ?", (table,)
     ).fetchone() == (result.features,)

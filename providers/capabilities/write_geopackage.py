@@ -3,12 +3,12 @@
 The layer is made as the loader makes one (GDAL's layout: ``gpkg_contents``,
 ``gpkg_geometry_columns``, the R-tree with the standard's triggers, GDAL's feature
 count), with the key ``id`` holding the chain's ids and the geometry ``geom``; rows are
-encoded as the loader encodes them. A new layer's R-tree is filled with the rows (from
-bounds computed for a whole batch at once) and its triggers and the feature count
-triggers are created after them, as GDAL does a bulk load: the triggers would call back
-into Python five times a row. Everything between ``BEGIN IMMEDIATE`` and ``COMMIT``
-appears at once or not at all; the layer's revision is bumped after the commit, as
-every GeoPackage write does.
+encoded as the loader encodes them. A new layer's R-tree is written packed once the rows
+are in (from bounds computed a batch at a time; :mod:`providers.rtree_bulk`), and its
+triggers and the feature count triggers are created after it, as GDAL does a bulk load:
+the triggers would call back into Python five times a row. Everything between
+``BEGIN IMMEDIATE`` and ``COMMIT`` appears at once or not at all; the layer's revision
+is bumped after the commit, as every GeoPackage write does.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import shapely
 
+from providers import rtree_bulk
 from providers.capabilities.model import Layout
 from providers.capabilities.vector import Frame, fit
 from providers.errors import Conflict, InvalidData, NotFound
@@ -46,21 +47,11 @@ def _create_table(conn: sqlite3.Connection, tables: GeoPackageTables, name: str,
 
 
 def _fill_rtree(conn: sqlite3.Connection, name: str, boxes: list[tuple[np.ndarray, np.ndarray]]) -> None:
-    """The R-tree of a new layer, its boxes inserted in strips of their centres' x, then by y: SQLite's
-    R-tree takes rows that are near each other several times faster than rows in id order."""
-    if not boxes:
-        return
-    ids = np.concatenate([i for i, _ in boxes])
-    bounds = np.concatenate([b for _, b in boxes])  # min x, max x, min y, max y
-    width = max(float(np.ptp(bounds[:, :2])) / 256, 1e-12)
-    order = np.lexsort(
-        ((bounds[:, 2] + bounds[:, 3]) / 2, np.floor((bounds[:, 0] + bounds[:, 1]) / 2 / width))
-    )
-    statement = _compose(
-        "INSERT INTO {} VALUES (?, ?, ?, ?, ?)", quote_ident(f"rtree_{name}_{GEOMETRY_COLUMN}")
-    )
-    columns = [ids[order].tolist(), *(bounds[order, k].tolist() for k in range(4))]
-    conn.executemany(statement, zip(*columns, strict=True))
+    """The R-tree of a new layer, written packed in one pass (:mod:`providers.rtree_bulk`)."""
+    if boxes:
+        ids = np.concatenate([i for i, _ in boxes])
+        bounds = np.concatenate([b for _, b in boxes])  # min x, max x, min y, max y
+        rtree_bulk.fill(conn, f"rtree_{name}_{GEOMETRY_COLUMN}", ids, bounds)
 
 
 def _insert(
