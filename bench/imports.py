@@ -1,14 +1,17 @@
-"""Import 1,000,000 features from a GeoPackage into PostGIS: geoharbor's loader vs ``ogr2ogr``.
+"""Import 1,000,000 features from a GeoPackage: geoharbor's loader vs ``ogr2ogr``.
 
-Both read the same file and write a new table with a primary key and a GiST index in
-the same database, on the same machine, in the same run, each as a child process so
-its peak RSS is the kernel's own figure (``wait4``). ogr2ogr runs with
-``PG_USE_COPY=YES``. The file is exported once from ``geoharbor_bench.parcels`` (see
-``generate.py``) with ogr2ogr and kept in ``bench/results/``.
+``--target postgis`` (the default): both write a new table with a primary key and a
+GiST index in the same database; ogr2ogr runs with ``PG_USE_COPY=YES``.
+``--target geopackage`` (the embedded mode's store): both write a new layer with its
+R-tree into a GeoPackage of their own. Same machine, same run, each loader as a child
+process so its peak RSS is the kernel's own figure (``wait4``). The file is exported
+once from ``geoharbor_bench.parcels`` (see ``generate.py``) with ogr2ogr and kept in
+``bench/results/``.
 
-    .venv/bin/python bench/imports.py [--features 1000000] [--repeat 3]
+    .venv/bin/python bench/imports.py [--features 1000000] [--repeat 3] [--target geopackage]
 
-Prints and writes ``bench/results/imports-latest.md`` / ``.json``.
+Prints and writes ``bench/results/imports-latest.md`` / ``.json`` (``imports-geopackage-latest``
+for the GeoPackage target).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -36,6 +40,17 @@ from providers.postgis import PostGISDatabase
 db = PostGISDatabase(sys.argv[2], pool_min=1, pool_max=1)
 result = load(sys.argv[1], None, db, sys.argv[3], "create")
 db.close()
+print(result.features)
+"""
+
+#: The same into a GeoPackage (argv: file, GeoPackage path, layer).
+LOADER_GPKG = """
+import sys
+from providers.geopackage import GeoPackage
+from providers.loader import load
+gpkg = GeoPackage(sys.argv[2])
+result = load(sys.argv[1], None, gpkg, sys.argv[3], "create")
+gpkg.close()
 print(result.features)
 """
 
@@ -93,8 +108,51 @@ def _count(url: str, table: str) -> int:
         return conn.execute(query).fetchone()[0]
 
 
+def _empty_geopackage(path: Path, source: Path) -> None:
+    """A GeoPackage with no features (one empty layer) for geoharbor's loader to write into."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    subprocess.run(
+        ["ogr2ogr", "-f", "GPKG", str(path), str(source), "-nln", "empty", "-limit", "0"], check=True
+    )
+
+
+def _gpkg_count(path: Path, layer: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        return conn.execute(f'SELECT count(*) FROM "{layer}"').fetchone()[0]  # noqa: S608 - our name
+
+
+def _geopackage_tools(path: Path) -> dict[str, tuple[list[str], dict[str, str] | None, Any]]:
+    """Each loader's command, environment, and how to clear and count its output."""
+    mine, theirs = RESULTS / "imports-geoharbor.gpkg", RESULTS / "imports-ogr2ogr.gpkg"
+
+    def geoharbor_reset() -> None:
+        _empty_geopackage(mine, path)
+
+    def ogr2ogr_reset() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{theirs}{suffix}").unlink(missing_ok=True)
+
+    return {
+        "geoharbor": (
+            [sys.executable, "-c", LOADER_GPKG, str(path), str(mine), "parcels"],
+            None,
+            (geoharbor_reset, lambda: _gpkg_count(mine, "parcels")),
+        ),
+        "ogr2ogr": (
+            ["ogr2ogr", "-f", "GPKG", str(theirs), str(path), "-nln", "parcels"],
+            None,
+            (ogr2ogr_reset, lambda: _gpkg_count(theirs, "parcels")),
+        ),
+    }
+
+
 def run(args: argparse.Namespace) -> dict:
     path = source_file(args.dsn_base, args.db, args.features)
+    if args.target == "geopackage":
+        return _run(args, path, _geopackage_tools(path))
     target = _url(args.dsn_base, args.target_db)
     with psycopg.connect(_url(args.dsn_base, "postgres"), autocommit=True) as conn:
         conn.execute(
@@ -109,21 +167,30 @@ def run(args: argparse.Namespace) -> dict:
         "geoharbor": (
             [sys.executable, "-c", LOADER, str(path), target, "parcels_geoharbor"],
             None,
-            "parcels_geoharbor",
+            _table_output(target, "parcels_geoharbor"),
         ),
         "ogr2ogr": (
             ["ogr2ogr", "-f", "PostgreSQL", f"PG:{_libpq(target)}", str(path), "-nln", "parcels_ogr2ogr"]
             + ["-lco", "GEOMETRY_NAME=geom", "-lco", "FID=id"],
             {**os.environ, "PG_USE_COPY": "YES"},
-            "parcels_ogr2ogr",
+            _table_output(target, "parcels_ogr2ogr"),
         ),
     }
+    return _run(args, path, tools)
+
+
+def _table_output(url: str, table: str) -> tuple[Any, Any]:
+    return (lambda: _drop(url, table), lambda: _count(url, table))
+
+
+def _run(args: argparse.Namespace, path: Path, tools: dict[str, tuple[list[str], Any, Any]]) -> dict:
+    """Each loader ``--repeat`` times, interleaved; the summary."""
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name in tools}
     for attempt in range(args.repeat):
-        for name, (argv, env, table) in tools.items():  # interleaved: both see the same machine state
-            _drop(target, table)
+        for name, (argv, env, (reset, count)) in tools.items():  # interleaved: same machine state
+            reset()
             seconds, rss = _measure(argv, env)
-            rows = _count(target, table)
+            rows = count()
             if rows != args.features:
                 sys.exit(f"{name} wrote {rows:,} rows, expected {args.features:,}")
             runs[name].append((seconds, rss))
@@ -142,6 +209,7 @@ def run(args: argparse.Namespace) -> dict:
     ratio = summary["ogr2ogr"]["seconds"] / summary["geoharbor"]["seconds"]
     return {
         "features": args.features,
+        "target": args.target,
         "file": path.name,
         "file_mib": round(path.stat().st_size / 2**20),
         "repeat": args.repeat,
@@ -154,7 +222,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def report(result: dict) -> str:
     lines = [
-        f"# Imports: {result['features']:,} polygons, GeoPackage ({result['file_mib']} MiB) -> PostGIS",
+        f"# Imports: {result['features']:,} polygons, GeoPackage ({result['file_mib']} MiB) -> "
+        + ("GeoPackage" if result.get("target") == "geopackage" else "PostGIS"),
         "",
         f"{result['machine']}; {result['gdal']}; median of {result['repeat']} interleaved run(s).",
         "",
@@ -162,11 +231,12 @@ def report(result: dict) -> str:
         "|---|---:|---:|---:|",
     ]
     for name, row in result["results"].items():
-        label = (
-            "geoharbor (`providers.loader`)"
-            if name == "geoharbor"
-            else "`ogr2ogr -f PostgreSQL` (PG_USE_COPY)"
-        )
+        label = {
+            "geoharbor": "geoharbor (`providers.loader`)",
+            "ogr2ogr": "`ogr2ogr -f GPKG`"
+            if result.get("target") == "geopackage"
+            else "`ogr2ogr -f PostgreSQL` (PG_USE_COPY)",
+        }[name]
         lines.append(
             f"| {label} | {row['seconds']:.2f} | {row['features_per_s']:,} | {row['peak_rss_mib']} MiB |"
         )
@@ -185,13 +255,15 @@ def main() -> None:
     parser.add_argument(
         "--target-db", default="geoharbor_bench_imports", help="database the loaders write to"
     )
+    parser.add_argument("--target", choices=("postgis", "geopackage"), default="postgis")
     args = parser.parse_args()
     result = run(args)
     text = report(result)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "imports-latest.md").write_text(text)
-    (RESULTS / "imports-latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = "imports-latest" if args.target == "postgis" else "imports-geopackage-latest"
+    (RESULTS / f"{stem}.md").write_text(text)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

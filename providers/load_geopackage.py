@@ -7,12 +7,17 @@ is rolled back on the next open). Readers keep reading the old state meanwhile.
 
 The table is made as GDAL makes one (see :mod:`providers.geopackage_tables`, whose
 helpers write the R-tree, its triggers and GDAL's feature count), with the key ``id``
-and the geometry ``geom``. REPLACE drops the old table and its metadata in the same
-transaction; APPEND checks the file's columns against the table's first, and brings
-geometries into the table's CRS and multi type. The indexes a CreateIndexTransform asks
-for are created in the same transaction, named ``<table>_<column>_idx`` or the first
-free variant (SQLite's index names are unique across the file); a column already
-indexed on its own (APPEND) is left as it is.
+and the geometry ``geom``. As GDAL's bulk load does, a new table's rows are written
+without triggers, with ids 1, 2, ... given here, and its R-tree is then written packed
+in one pass (:mod:`providers.rtree_bulk`) before the triggers are made: a trigger a row
+would call back into Python five times and split R-tree nodes a million times.
+
+REPLACE drops the old table and its metadata in the same transaction; APPEND checks
+the file's columns against the table's first, and brings geometries into the table's
+CRS and multi type. The indexes a CreateIndexTransform asks for are created in the same
+transaction, named ``<table>_<column>_idx`` or the first free variant (SQLite's index
+names are unique across the file); a column already indexed on its own (APPEND) is left
+as it is.
 """
 
 from __future__ import annotations
@@ -27,11 +32,18 @@ import numpy as np
 import shapely
 from pyproj import Transformer
 
+from providers import rtree_bulk
 from providers.errors import Conflict, InvalidData, NotFound
 from providers.geopackage import GeoPackage, _compose, quote_ident
-from providers.geopackage_tables import GeoPackageTables, create_layer_table, drop_layer_table, table_exists
+from providers.geopackage_tables import (
+    GeoPackageTables,
+    add_layer_triggers,
+    create_layer_table,
+    drop_layer_table,
+    table_exists,
+)
 from providers.loader import LoadResult, Mode, Plan, Progress, check_append, promoted, python_values
-from providers.tables import GEOMETRY_COLUMN, TableInfo, check_name
+from providers.tables import GEOMETRY_COLUMN, ID_COLUMN, TableInfo, check_name
 
 #: Column kind -> GeoPackage column type (GeoPackage 1.3, table 1).
 GPKG_TYPES = {
@@ -101,7 +113,10 @@ def load_geopackage(
         transformer = None
         if target_srid != plan.srid:
             transformer = Transformer.from_crs(f"EPSG:{plan.srid}", f"EPSG:{target_srid}", always_xy=True)
-        names = [c.name for c in plan.columns] + [geometry_column]
+        # A new table gets its ids here (1, 2, ...) so that its R-tree can be written packed
+        # once the rows are in; rows appended go through the table's triggers.
+        new = mode is not Mode.APPEND
+        names = [c.name for c in plan.columns] + [geometry_column] + ([ID_COLUMN] if new else [])
         statement = _compose(
             "INSERT INTO {} ({}) VALUES ({})",
             quote_ident(table_name),
@@ -109,6 +124,7 @@ def load_geopackage(
             ", ".join("?" * len(names)),
         )
         extent = [math.inf, math.inf, -math.inf, -math.inf]
+        boxes: list[tuple[np.ndarray, np.ndarray]] = []
         for chunk in plan.batches(batch):
             columns = [
                 column_values(python_values(chunk.column(c.source), c.kind), c.kind) for c in plan.columns
@@ -117,7 +133,12 @@ def load_geopackage(
                 None if w is None else promoted(w, multi)
                 for w in chunk.column(plan.geometry_column).to_pylist()
             ]
-            columns.append(geometry_blobs(wkbs, srs_id, transformer, extent))
+            bounds: list[np.ndarray] = []
+            columns.append(geometry_blobs(wkbs, srs_id, transformer, extent, bounds))
+            if new:
+                ids = np.arange(written + 1, written + chunk.num_rows + 1, dtype=np.int64)
+                columns.append(ids.tolist())
+                boxes.append(rtree_boxes(ids, bounds[0]))
             try:
                 conn.executemany(statement, zip(*columns, strict=True))
             except sqlite3.IntegrityError as exc:
@@ -125,6 +146,9 @@ def load_geopackage(
             written += chunk.num_rows
             if progress is not None:
                 progress(written, max(plan.total, written))
+        if new:
+            fill_rtree(conn, table_name, boxes)
+            add_layer_triggers(conn, table_name, written)
         _create_indexes(conn, table_name, plan.indexes)
         update_contents(conn, table_name, extent, mode is Mode.APPEND)
     gpkg.bump_revision(table_name)
@@ -150,11 +174,20 @@ def _multi_code(geometry_type: str | None) -> int | None:
 
 
 def _create(conn: sqlite3.Connection, tables: GeoPackageTables, plan: Plan, name: str) -> int:
-    """The feature table with its metadata, R-tree and count triggers; returns its srs_id."""
+    """The feature table with its metadata and empty R-tree, its triggers left for after
+    the rows (:func:`fill_rtree`, :func:`~providers.geopackage_tables.add_layer_triggers`);
+    returns its srs_id."""
     srs_id = tables.srs_id(conn, plan.srid)
     columns = [_compose("{} {}", quote_ident(c.name), GPKG_TYPES[c.kind]) for c in plan.columns]
     create_layer_table(
-        conn, name, columns, plan.base_type, srs_id, z="Z" in plan.dimensions, m="M" in plan.dimensions
+        conn,
+        name,
+        columns,
+        plan.base_type,
+        srs_id,
+        z="Z" in plan.dimensions,
+        m="M" in plan.dimensions,
+        triggers=False,
     )
     return srs_id
 
@@ -200,9 +233,14 @@ def _datetime_text(value: datetime | date | time) -> str:
 
 
 def geometry_blobs(
-    wkbs: list[bytes | None], srs_id: int, transformer: Transformer | None, extent: list[float]
+    wkbs: list[bytes | None],
+    srs_id: int,
+    transformer: Transformer | None,
+    extent: list[float],
+    bounds_out: list[np.ndarray] | None = None,
 ) -> list[bytes | None]:
-    """GeoPackage blobs (header with the xy envelope, then ISO WKB); widens ``extent``."""
+    """GeoPackage blobs (header with the xy envelope, then ISO WKB); widens ``extent``, and
+    appends the rows' bounds (shapely's: min x, min y, max x, max y) to ``bounds_out``."""
     geoms = shapely.from_wkb(np.array(wkbs, dtype=object), on_invalid="raise")
     if transformer is not None:
         geoms = shapely.transform(
@@ -210,6 +248,8 @@ def geometry_blobs(
         )
         wkbs = list(shapely.to_wkb(geoms, byte_order=1, flavor="iso"))
     bounds = shapely.bounds(geoms)
+    if bounds_out is not None:
+        bounds_out.append(bounds)
     if len(bounds) and not np.all(np.isnan(bounds[:, 0])):
         extent[0] = min(extent[0], float(np.nanmin(bounds[:, 0])))
         extent[1] = min(extent[1], float(np.nanmin(bounds[:, 1])))
@@ -224,6 +264,21 @@ def geometry_blobs(
         else:
             out.append(_HEADER_XY.pack(b"GP", 0, 0x03, srs_id, minx, maxx, miny, maxy) + wkb)
     return out
+
+
+def rtree_boxes(ids: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The R-tree entries of rows ``ids`` with shapely ``bounds``: (ids, boxes as min x,
+    max x, min y, max y), rows without a box (no geometry, or an empty one) left out."""
+    boxed = ~np.isnan(bounds[:, 0])
+    return ids[boxed], bounds[boxed][:, [0, 2, 1, 3]]
+
+
+def fill_rtree(conn: sqlite3.Connection, table: str, boxes: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """The R-tree of a new layer table, written packed in one pass (:mod:`providers.rtree_bulk`)."""
+    if boxes:
+        ids = np.concatenate([i for i, _ in boxes])
+        bounds = np.concatenate([b for _, b in boxes])
+        rtree_bulk.fill(conn, f"rtree_{table}_{GEOMETRY_COLUMN}", ids, bounds)
 
 
 def update_contents(conn: sqlite3.Connection, table: str, extent: list[float], widen: bool) -> None:

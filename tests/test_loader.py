@@ -277,6 +277,10 @@ def _gdal_info(gpkg: GeoPackage, layer: str) -> dict:
     return pyogrio.read_info(gpkg.path, layer=layer)
 
 
+def _rtree_check(gpkg: GeoPackage, layer: str) -> str:
+    return gpkg.connection().execute(f"SELECT rtreecheck('rtree_{layer}_geom')").fetchone()[0]
+
+
 def test_modes_in_geopackage(files, gpkg):
     name = _name()
     result = load(files["gpkg"], None, gpkg, name, "create")
@@ -285,6 +289,12 @@ def test_modes_in_geopackage(files, gpkg):
     info = _gdal_info(gpkg, name)
     assert (info["features"], info["geometry_type"], info["crs"]) == (COUNTRIES, "MultiPolygon", "EPSG:4326")
     assert info["total_bounds"][0] == pytest.approx(-180, abs=0.01)
+    # The R-tree written packed is one SQLite and GDAL's spatial filter take as theirs.
+    _meta, _fids, _geoms, (names,) = pyogrio.raw.read(
+        gpkg.path, layer=name, columns=["name"], bbox=(2.3, 48.8, 2.4, 48.9)
+    )
+    assert list(names) == ["France"]
+    assert _rtree_check(gpkg, name) == "ok"
     provider = GeoPackageTables(gpkg, "gpkg").provider(name, editable=False)
     france = _features(provider, equals={"name": "France"}, bbox=(2.3, 48.8, 2.4, 48.9))
     assert [f["properties"]["name"] for f in france] == ["France"]
@@ -295,6 +305,7 @@ def test_modes_in_geopackage(files, gpkg):
     assert _gdal_info(gpkg, name)["features"] == COUNTRIES + europe
     found = _features(provider, equals={"name": "France"}, bbox=(2.3, 48.8, 2.4, 48.9))
     assert len(found) == 2, "the appended (reprojected) France is found through the R-tree too"
+    assert _rtree_check(gpkg, name) == "ok"
 
     load(files["shp"], None, gpkg, name, "replace")
     info = _gdal_info(gpkg, name)

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import shapely
 
-from providers import rtree_bulk
 from providers.capabilities.model import Layout
 from providers.capabilities.vector import Frame, fit
 from providers.errors import Conflict, InvalidData, NotFound
@@ -32,7 +31,14 @@ from providers.geopackage_tables import (
     drop_layer_table,
     table_exists,
 )
-from providers.load_geopackage import GPKG_TYPES, column_values, geometry_blobs, update_contents
+from providers.load_geopackage import (
+    GPKG_TYPES,
+    column_values,
+    fill_rtree,
+    geometry_blobs,
+    rtree_boxes,
+    update_contents,
+)
 from providers.tables import GEOMETRY_COLUMN, ID_COLUMN, check_name
 
 Progress = Callable[[int, int], None]
@@ -44,14 +50,6 @@ def _create_table(conn: sqlite3.Connection, tables: GeoPackageTables, name: str,
     columns = [_compose("{} {}", quote_ident(a.name), GPKG_TYPES[a.kind]) for a in layout.attributes]
     create_layer_table(conn, name, columns, layout.geometry_type, srs_id, autoincrement=False, triggers=False)
     return srs_id
-
-
-def _fill_rtree(conn: sqlite3.Connection, name: str, boxes: list[tuple[np.ndarray, np.ndarray]]) -> None:
-    """The R-tree of a new layer, written packed in one pass (:mod:`providers.rtree_bulk`)."""
-    if boxes:
-        ids = np.concatenate([i for i, _ in boxes])
-        bounds = np.concatenate([b for _, b in boxes])  # min x, max x, min y, max y
-        rtree_bulk.fill(conn, f"rtree_{name}_{GEOMETRY_COLUMN}", ids, bounds)
 
 
 def _insert(
@@ -78,16 +76,15 @@ def _insert(
             continue
         geoms = fit(frame.geoms, layout.geometry_type)
         wkbs = list(shapely.to_wkb(geoms, flavor="iso", byte_order=1))
-        columns = [frame.ids.tolist(), geometry_blobs(wkbs, srs_id, None, extent)]
+        bounds: list[np.ndarray] = []
+        columns = [frame.ids.tolist(), geometry_blobs(wkbs, srs_id, None, extent, bounds)]
         columns += [column_values(frame.column(a.name).to_pylist(), a.kind) for a in layout.attributes]
         try:
             conn.executemany(statement, zip(*columns, strict=True))
         except sqlite3.IntegrityError as exc:
             raise InvalidData(f"the result does not fit the table: {exc}") from exc
         if boxes is not None:
-            bounds = shapely.bounds(geoms)
-            boxed = ~np.isnan(bounds[:, 0])
-            boxes.append((frame.ids[boxed], bounds[boxed][:, [0, 2, 1, 3]]))
+            boxes.append(rtree_boxes(frame.ids, bounds[0]))
         written += len(frame)
         if progress is not None:
             progress(written, written)
@@ -123,7 +120,7 @@ def create(
         srs_id = _create_table(conn, tables, name, layout)
         boxes: list[tuple[np.ndarray, np.ndarray]] = []
         written = _insert(conn, name, layout, frames, srs_id, extent, progress, boxes)
-        _fill_rtree(conn, name, boxes)
+        fill_rtree(conn, name, boxes)
         add_layer_triggers(conn, name, written)
         update_contents(conn, name, extent, False)
     gpkg.bump_revision(name)
