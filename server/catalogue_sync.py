@@ -205,27 +205,35 @@ class CatalogueSync:
         for pk in set(stored) - seen:
             self._drop(catalogue, pk)
 
-    # -- maps ------------------------------------------------------------------------------------
+    # -- maps and documents: store records of their own -------------------------------------------
+    def _owned_record(
+        self, record: Record, kind: str, grants: dict[int, list[tuple[str, str]]], users: dict[int, str]
+    ) -> dict[str, Any]:
+        """The members every resource kept as a store record of its owner's has alike."""
+        owner = record.body.get("owner")
+        return {
+            "pk": record.id,
+            "uuid": resource_uuid(record),
+            "resource_type": kind,
+            "subtype": None,
+            "owner": {"pk": owner, "username": users.get(owner) if owner is not None else None},
+            "created": _iso(record.created),
+            "last_updated": _iso(record.modified),
+            "alternate": None,
+            "readers": self._readers(grants.get(record.id), owner),
+        }
+
     def map_resource(
         self, record: Record, grants: dict[int, list[tuple[str, str]]], users: dict[int, str]
     ) -> dict[str, Any]:
         body = record.body
-        owner = body.get("owner")
         return {
-            "pk": record.id,
-            "uuid": resource_uuid(record),
-            "resource_type": "map",
-            "subtype": None,
+            **self._owned_record(record, "map", grants, users),
             "title": str(body.get("name") or f"map {record.id}"),
             "abstract": body.get("description") or "",
             "keywords": [],
-            "owner": {"pk": owner, "username": users.get(owner) if owner is not None else None},
-            "created": _iso(record.created),
-            "last_updated": _iso(record.modified),
             "bbox": _lonlat(body.get("bounds"), body.get("epsg", 4326)),
             "srid": f"EPSG:{body.get('epsg', 4326)}",
-            "alternate": None,
-            "readers": self._readers(grants.get(record.id), owner),
             "maplayers": [entry.get("layer_id") for entry in body.get("layers", [])],
         }
 
@@ -238,22 +246,13 @@ class CatalogueSync:
     ) -> dict[str, Any]:
         """What a document record says (its bytes are elsewhere), as catalogue members."""
         body = record.body
-        owner = body.get("owner")
         return {
-            "pk": record.id,
-            "uuid": resource_uuid(record),
-            "resource_type": "document",
-            "subtype": None,
+            **self._owned_record(record, "document", grants, users),
             "title": str(body.get("title") or body.get("file_name") or f"document {record.id}"),
             "abstract": body.get("abstract") or "",
             "keywords": list(body.get("keywords") or []),
-            "owner": {"pk": owner, "username": users.get(owner) if owner is not None else None},
-            "created": _iso(record.created),
-            "last_updated": _iso(record.modified),
             "bbox": None,
             "srid": "EPSG:4326",
-            "alternate": None,
-            "readers": self._readers(grants.get(record.id), owner),
             "extension": body.get("extension"),
             "mime_type": body.get("mime_type"),
             "doc_url": body.get("doc_url"),

@@ -31,7 +31,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from providers.catalogue import RESOURCE_TYPES, Catalogue, CatalogueQuery, Filter, parse_time
 from providers.errors import Conflict, Forbidden, InvalidData, InvalidQuery, NotFound, Unauthorized
 from providers.store import Record
-from server import catalogue_sync, datasets, errors, geonode_params
+from server import bodies, catalogue_sync, datasets, errors, geonode_params
 from server.accounts import Accounts
 from server.auth import GRANTS, Identity, current_auth, current_identity
 from server.links import base_url
@@ -125,11 +125,9 @@ def install(app: Flask) -> None:
 # -- small things ---------------------------------------------------------------------------------
 
 
-def _body() -> dict[str, Any]:
-    try:
-        body = orjson.loads(request.get_data() or b"{}")
-    except orjson.JSONDecodeError:
-        raise InvalidQuery("the body is not JSON") from None
+def json_object() -> dict[str, Any]:
+    """The JSON object a client sent (none: ``{}``), within the API's body size limit."""
+    body = bodies.json_body() if request.get_data(cache=True).strip() else {}
     if not isinstance(body, dict):
         raise InvalidQuery("the body must be a JSON object")
     return body
@@ -410,6 +408,14 @@ def _envelope(key: str, items: list[Any], total: int, page: int, size: int) -> R
     )
 
 
+def listing(key: str, items: list[Any]) -> Response:
+    """The page of ``items`` the request asks for (``page``, ``page_size``), under ``key`` in
+    GeoNode's envelope: for the lists built in Python (users, facets, harvesters, uploads)."""
+    page, size = geonode_params.page_numbers(request.args)
+    start = (page - 1) * size
+    return _envelope(key, items[start : start + size], len(items), page, size)
+
+
 def _search(extra: list[Filter], key: str, *, visible_only: bool = True) -> Response:
     """A list of resources as GeoNode answers it, with the request's own query on top of ``extra``."""
     identity = current_identity()
@@ -675,7 +681,7 @@ def _patch_one(row: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
 
 def _update(pk: int, kind: str | None) -> Response:
     row = _typed_row(pk, kind)
-    updated = _patch_one(row, _body())
+    updated = _patch_one(row, json_object())
     key = "resource" if kind is None else TYPE_KEYS[kind][1]
     return json_response({key: resource_doc(updated, _rights(updated))})
 
@@ -684,7 +690,7 @@ def _bulk_patch(kind: str | None) -> Response:
     """dynamic-rest's ``PATCH /things/?filter{...}&patch-all=true``: answers ``{"meta": {"updated": n}}``."""
     if (request.args.get("patch-all") or "").lower() not in ("true", "1", "query"):
         raise InvalidQuery("a PATCH of a list needs patch-all=true and filter{...} parameters")
-    body = _body()
+    body = json_object()
     metadata_changes(body)  # check it once before changing anything
     parsed = geonode_params.parse(request.args, _visible_to(current_identity()))
     if kind is not None:
@@ -925,7 +931,7 @@ def get_permissions(pk: int) -> Response:
 def put_permissions(pk: int) -> Response:
     row = _row(pk)
     _require(row, "share")
-    body = _body()
+    body = json_object()
     spec = body.get("perm_spec", body)
     if isinstance(spec, str):
         try:

@@ -19,7 +19,6 @@ from server import catalogue_sync
 from server.auth import current_auth, current_identity
 from server.geonode import (
     MAX_RATING,
-    _body,
     _catalogue,
     _collection,
     _envelope,
@@ -31,6 +30,7 @@ from server.geonode import (
     _user_key,
     _visible_to,
     blueprint,
+    json_object,
     resource_doc,
 )
 from server.responses import json_response
@@ -100,7 +100,7 @@ def ratings(pk: int) -> Response:
     if request.method == "POST":
         if current_identity().anonymous:
             raise Unauthorized("Authentication credentials were not provided.")
-        value = _body().get("rating")
+        value = json_object().get("rating")
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_RATING:
             raise InvalidData(f"rating must be an integer from 1 to {MAX_RATING}")
         scores[_user_key()] = value

@@ -37,6 +37,7 @@ from server.geonode import (
     _row,
     _state,
     blueprint,
+    json_object,
     metadata_changes,
     resource_doc,
 )
@@ -120,12 +121,7 @@ def _checked_url(url: Any) -> str:
 def _fields() -> dict[str, Any]:
     """The form's fields, or a JSON body (``{"document": {...}}`` or flat) for a link-only document."""
     if request.mimetype == "application/json":
-        try:
-            body = orjson.loads(request.get_data() or b"{}")
-        except orjson.JSONDecodeError:
-            raise InvalidQuery("the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise InvalidQuery("the body must be a JSON object")
+        body = json_object()
         inner = body.get("document", body)
         return inner if isinstance(inner, dict) else {}
     out: dict[str, Any] = {}

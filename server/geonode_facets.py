@@ -13,8 +13,7 @@ from flask import Response, request
 from providers.catalogue import CatalogueQuery
 from providers.errors import NotFound
 from server.auth import current_identity
-from server.geonode import CATEGORIES, _catalogue, _envelope, _user_doc, _visible_to, blueprint
-from server.geonode_params import page_numbers
+from server.geonode import CATEGORIES, _catalogue, _user_doc, _visible_to, blueprint, listing
 from server.responses import json_response
 
 
@@ -41,12 +40,10 @@ def _counts(member: str) -> dict[Any, int]:
 
 
 def _paged(key: str, items: list[dict[str, Any]]) -> Response:
-    page, size = page_numbers(request.args)
     search = (request.args.get("search") or "").strip().lower()
     if search:
         items = [i for i in items if any(search in str(v).lower() for v in i.values() if isinstance(v, str))]
-    start = (page - 1) * size
-    return _envelope(key, items[start : start + size], len(items), page, size)
+    return listing(key, items)
 
 
 def _categories() -> list[dict[str, Any]]:

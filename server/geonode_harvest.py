@@ -43,12 +43,13 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, request
 
 from providers import harvest_sources, loader
-from providers.errors import Conflict, InvalidData, InvalidQuery, NotFound, ProviderError
+from providers.errors import Conflict, InvalidData, NotFound, ProviderError
 from providers.store import Record, Store
 from providers.tables import tables_of
 from providers.wfs_http import check_url
 from server import bodies, datasets, errors, owned, schedules
 from server.auth import current_identity, require_admin
+from server.geonode import listing
 from server.geonode_executions import Executions, iso
 from server.jobs import JobContext, task
 from server.links import base_url
@@ -179,26 +180,6 @@ def session_view(record: Record) -> dict[str, Any]:
     }
 
 
-def _page(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    try:
-        page = max(1, int(request.args.get("page", 1)))
-        size = max(1, min(1000, int(request.args.get("page_size", 10))))
-    except ValueError:
-        raise InvalidQuery("page and page_size must be positive integers") from None
-    path = base_url() + request.path
-    total = len(rows)
-    return {
-        "links": {
-            "next": f"{path}?page={page + 1}&page_size={size}" if page * size < total else None,
-            "previous": f"{path}?page={page - 1}&page_size={size}" if page > 1 else None,
-        },
-        "total": total,
-        "page": page,
-        "page_size": size,
-        key: rows[(page - 1) * size : page * size],
-    }
-
-
 # -- harvesters ---------------------------------------------------------------------------------------
 def _checked(spec: dict[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
     """A harvester body from a client's fields (all of them to create, some to change)."""
@@ -236,7 +217,7 @@ def _checked(spec: dict[str, Any], current: dict[str, Any] | None = None) -> dic
 @blueprint.route("/harvesters", methods=["GET"])
 def list_harvesters() -> Response:
     _admin()
-    return json_response(_page([harvester_view(r) for r in _store().list(KIND)], "harvesters"))
+    return listing("harvesters", [harvester_view(r) for r in _store().list(KIND)])
 
 
 @blueprint.route("/harvesters", methods=["POST"])
@@ -343,7 +324,7 @@ def harvestable_resources(hid: int) -> Response:
     if not record.body.get("resources") or request.args.get("refresh", "").lower() in ("1", "true"):
         record = refresh_resources(_store(), record)
     rows = [_resource_view(hid, r) for r in record.body["resources"]]
-    return json_response(_page(rows, "harvestable_resources"))
+    return listing("harvestable_resources", rows)
 
 
 @blueprint.route("/harvesters/<int:hid>/harvestable-resources", methods=["PATCH", "PUT"])
@@ -493,7 +474,7 @@ def harvest(hid: int) -> Response:
 def list_sessions() -> Response:
     _admin()
     rows = sorted(_sessions(_store()), key=lambda s: s.id, reverse=True)
-    return json_response(_page([session_view(s) for s in rows], "harvesting_sessions"))
+    return listing("harvesting_sessions", [session_view(s) for s in rows])
 
 
 @blueprint.route("/harvesting-sessions/<int:sid>", methods=["GET"])

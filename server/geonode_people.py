@@ -15,7 +15,7 @@ from providers.catalogue import CatalogueQuery, Filter
 from providers.errors import Unauthorized
 from providers.store import Record
 from server.auth import current_auth, current_identity
-from server.geonode import _catalogue, _envelope, _user_doc, _visible_to, blueprint, resource_doc
+from server.geonode import _catalogue, _envelope, _user_doc, _visible_to, blueprint, listing, resource_doc
 from server.geonode_params import page_numbers
 from server.responses import json_response
 
@@ -65,12 +65,10 @@ def group_doc(record: Record) -> dict[str, Any]:
 
 
 def _page(key: str, items: list[dict[str, Any]]) -> Response:
-    page, size = page_numbers(request.args)
     search = (request.args.get("search") or "").strip().lower()
     if search:
         items = [i for i in items if search in str(i.get("username") or i.get("title") or "").lower()]
-    start = (page - 1) * size
-    return _envelope(key, items[start : start + size], len(items), page, size)
+    return listing(key, items)
 
 
 def _user(user_id: int) -> Record:
@@ -151,14 +149,10 @@ def group_resources(group_id: int) -> Response:
     """Resources whose catalogue group is this role, or that this role may read."""
     _check_reader()
     record = _group(group_id)
-    page, size = page_numbers(request.args)
     rows, _ = _catalogue().search(CatalogueQuery(limit=1_000_000, visible_to=_visible_to(current_identity())))
     principal = f"role:{group_id}"
     name = record.body.get("name")
     mine = [
         r for r in rows if principal in (r.get("readers") or []) or (r.get("group") or {}).get("name") == name
     ]
-    start = (page - 1) * size
-    return _envelope(
-        "resources", [resource_doc(r) for r in mine[start : start + size]], len(mine), page, size
-    )
+    return listing("resources", [resource_doc(r) for r in mine])

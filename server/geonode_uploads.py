@@ -33,6 +33,7 @@ from providers.store import Record
 from providers.tables import tables_of
 from server import datasets, errors, owned
 from server.auth import current_auth, current_identity
+from server.geonode import listing
 from server.geonode_executions import FINAL, Executions, iso, view
 from server.imports import READY, Imports
 from server.links import base_url
@@ -231,34 +232,9 @@ def _uploads() -> list[Record]:
     return [r for r in owned.readable(_executions().list()) if r.body.get("func_name") == UPLOAD_FUNC]
 
 
-def _page(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    """A page of ``rows`` under ``key`` in GeoNode's envelope (``page``, ``page_size``, links)."""
-    try:
-        page = max(1, int(request.args.get("page", 1)))
-        size = max(1, min(1000, int(request.args.get("page_size", 10))))
-    except ValueError:
-        raise InvalidQuery("page and page_size must be positive integers") from None
-    total = len(rows)
-    path = base_url() + request.path
-
-    def at(number: int) -> str:
-        return f"{path}?page={number}&page_size={size}"
-
-    return {
-        "links": {
-            "next": at(page + 1) if page * size < total else None,
-            "previous": at(page - 1) if page > 1 else None,
-        },
-        "total": total,
-        "page": page,
-        "page_size": size,
-        key: rows[(page - 1) * size : page * size],
-    }
-
-
 @blueprint.route("/uploads", methods=["GET"])
 def list_uploads() -> Response:
-    return json_response(_page([_upload_view(r) for r in _uploads()], "uploads"))
+    return listing("uploads", [_upload_view(r) for r in _uploads()])
 
 
 @blueprint.route("/uploads/<int:upload_id>", methods=["GET"])
@@ -279,7 +255,7 @@ def size_limits() -> Response:
         "max_size": size,
         "max_size_label": _label(size),
     }
-    return json_response(_page([row], "upload-size-limits"))
+    return listing("upload-size-limits", [row])
 
 
 @blueprint.route("/upload-size-limits/<slug>", methods=["GET"])
@@ -296,7 +272,7 @@ def size_limit(slug: str) -> Response:
 def parallelism_limits() -> Response:
     _, parallel = limits(current_app.config["GEOHARBOR"])
     row = {"slug": PARALLEL_SLUG, "description": "Uploads a user may run at once", "max_number": parallel}
-    return json_response(_page([row], "upload-parallelism-limits"))
+    return listing("upload-parallelism-limits", [row])
 
 
 def _label(size: int) -> str:
@@ -317,7 +293,7 @@ def list_executions() -> Response:
     if status:
         rows = [r for r in rows if r.body["status"] == status]
     base = base_url()
-    return json_response(_page([view(r, base) for r in rows], "requests"))
+    return listing("requests", [view(r, base) for r in rows])
 
 
 @blueprint.route("/executionrequest/<exec_id>", methods=["GET"])
